@@ -1,0 +1,37 @@
+"""Write files so that a crash never leaves a truncated file under the final name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success fsync it and rename it over `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, final)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write(final: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)` and move the result to `final` atomically."""
+    with atomic_path(final) as tmp:
+        write(tmp)
+    return Path(final)
+
+
+def atomic_write_text(final: str | os.PathLike, text: str) -> Path:
+    return atomic_write(final, lambda p: p.write_text(text, encoding="utf-8"))

@@ -1,0 +1,73 @@
+"""Training-time outputs: embedding snapshots, the final embedding files, the finished-run marker."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .atomic import atomic_path, atomic_write_text
+from .formats import save_a1111, save_diffusers
+
+log = logging.getLogger(__name__)
+
+FINISHED_MARKER = "run.json"
+DIFFUSERS_FILE = "learned_embeds.safetensors"
+
+
+def write_embedding_files(folder: Path, module, step: int, suffix: str = "") -> list[Path]:
+    """Both formats side by side: diffusers safetensors and AUTOMATIC1111 .pt."""
+    ph, vectors = module.placeholder, module.vectors
+    stem = DIFFUSERS_FILE.replace(".safetensors", suffix + ".safetensors")
+    return [
+        save_diffusers(folder / stem, ph.token, vectors),
+        save_a1111(folder / f"{ph.name}{suffix}.pt", ph.name, vectors, step=step,
+                   sd_checkpoint_name=module.model_name),
+    ]
+
+
+class EmbeddingWriter(L.Callback):
+    """Snapshots every N steps (and at chosen steps) under snapshots/, final files at the end (rank 0)."""
+
+    def __init__(self, run_dir: str, every_n_steps: int = 500, at_steps: list[int] | tuple = ()):
+        self.run_dir = Path(run_dir)
+        self.every_n_steps, self.at_steps = every_n_steps, set(int(s) for s in at_steps)
+        self._last_written = -1
+
+    def _due(self, step: int) -> bool:
+        return step != self._last_written and (step in self.at_steps or
+                                               (self.every_n_steps > 0 and step % self.every_n_steps == 0))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if trainer.is_global_zero and self._due(step):
+            write_embedding_files(self.run_dir / "snapshots", pl_module, step, suffix=f"-step{step:06d}")
+            self._last_written = step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.interrupted:
+            return
+        step = trainer.global_step
+        files = write_embedding_files(self.run_dir, pl_module, step)
+        summary = {
+            "finished": True,
+            "step": step,
+            "placeholder": pl_module.placeholder.token,
+            "tokens": pl_module.placeholder.tokens,
+            "num_vectors": pl_module.placeholder.num_vectors,
+            "model": pl_module.model_name,
+            "files": [p.name for p in files],
+        }
+        atomic_write_text(self.run_dir / FINISHED_MARKER, json.dumps(summary, indent=2))  # written last
+        log.info("wrote %s and %s in %s", files[0].name, files[1].name, self.run_dir)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary name and renamed: never a truncated last.ckpt."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)

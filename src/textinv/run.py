@@ -1,0 +1,94 @@
+"""The training job: config -> checks -> data, frozen model, module, callbacks, loggers -> fit.
+
+Cheap checks come first (numbers, output folder, images, tokenizer), so bad input fails in seconds
+with one line, before gigabytes of weights load.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .atomic import atomic_write_text
+from .callbacks import FINISHED_MARKER, AtomicCheckpointIO
+from .data import Concept, ConceptDataModule
+from .errors import UserError
+from .frozen_sd import ModelSource
+from .placeholder import check_placeholder, initializer_ids
+
+log = logging.getLogger(__name__)
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    for key in ("lr", "steps"):
+        value = cfg[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise UserError(f"{key}={value!r} must be a positive number, e.g. lr=5e-4 steps=3000")
+    if cfg.data.batch_size < 1:
+        raise UserError(f"data.batch_size={cfg.data.batch_size} must be >= 1")
+
+
+def check_resolution(resolution: int, multiple: int) -> None:
+    if not isinstance(resolution, int) or resolution < multiple or resolution % multiple:
+        fix = max(multiple, round(resolution / multiple) * multiple) if isinstance(resolution, int) else 512
+        raise UserError(f"data.resolution={resolution} cannot go through this model's VAE and UNet: it must be a "
+                        f"positive multiple of {multiple}; try data.resolution={fix}")
+
+
+def resolve_resume(run_dir: Path, ckpt_path: str | None) -> str | None:
+    """Never overwrite a finished run; pick up an unfinished one where it stopped."""
+    if (run_dir / FINISHED_MARKER).exists():
+        raise UserError(f"{run_dir} already holds a finished run ({FINISHED_MARKER}); choose a new "
+                        "hydra.run.dir=... or move that run away")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path in (None, "last"):
+        if last.is_file():
+            log.info("resuming the unfinished run in %s from %s", run_dir, last)
+            return str(last)
+        if ckpt_path == "last":
+            raise UserError(f"ckpt_path=last but {last} does not exist; drop ckpt_path to start fresh")
+        return None
+    if not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt from a run's checkpoints/ folder or 'last'")
+    return str(ckpt_path)
+
+
+def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, ConceptDataModule]:
+    """All checks that need no big weights."""
+    check_numbers(cfg)
+    run_dir = Path(cfg.run_dir)
+    ckpt_path = resolve_resume(run_dir, cfg.ckpt_path)
+    concept: Concept = instantiate(cfg.concept, _convert_="all")
+    source: ModelSource = instantiate(cfg.model)
+    check_resolution(cfg.data.resolution, source.info().resolution_multiple)
+    datamodule: ConceptDataModule = instantiate(cfg.data, _partial_=True, _convert_="all")(concept=concept)
+    datamodule.load()
+    tokenizer = source.load_tokenizer()
+    check_placeholder(tokenizer, concept.placeholder)
+    if cfg.module.init_method == "word":
+        initializer_ids(tokenizer, cfg.init)
+    return run_dir, ckpt_path, concept, source, datamodule
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+
+
+def train(cfg: DictConfig) -> Path:
+    run_dir, ckpt_path, concept, source, datamodule = prepare(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
+    frozen = source.load()
+    module = instantiate(cfg.module, _convert_="all")(frozen=frozen, placeholder=concept.placeholder,
+                                                      initializer=cfg.init, seed=cfg.seed)
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return run_dir

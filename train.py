@@ -1,0 +1,17 @@
+"""Train a textual-inversion embedding: python train.py concept=deku_tree init=tree"""
+
+import hydra
+from omegaconf import DictConfig
+
+from textinv.cli import exit_on_user_error
+from textinv.run import train
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
