@@ -1,0 +1,63 @@
+"""Shared fixtures. Everything runs offline on the tiny random model and the project's own images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DREAMBOOTH = ROOT.parent / "shared" / "data" / "dreambooth"
+
+
+@pytest.fixture(scope="session")
+def tiny_source():
+    from textinv.frozen_sd import ModelSource
+
+    return ModelSource("tiny")
+
+
+@pytest.fixture
+def tiny_frozen(tiny_source):
+    return tiny_source.load()
+
+
+@pytest.fixture(scope="session")
+def demo_images(tmp_path_factory) -> Path:
+    from textinv.demo_concept import synthesize_demo_concept
+
+    folder = tmp_path_factory.mktemp("demo_concept")
+    synthesize_demo_concept(folder, num_images=4, size=64)
+    return folder
+
+
+def compose(*overrides: str):
+    """The train config as `python train.py <overrides>` would see it (no Hydra run needed)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))
+
+
+def tiny_overrides(run_dir: Path, data_dir: Path, steps: int = 6, *extra: str) -> list[str]:
+    return [
+        "experiment=demo", "logger=csv", f"run_dir={run_dir}", f"concept.data_dir={data_dir}",
+        f"steps={steps}", "callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.embedding_writer.every_n_steps=2", "~callbacks.progress_bar", *extra,
+    ]
+
+
+def run_script(script: str, *args: str, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    env.update(kw.pop("env", {}))
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=kw.pop("cwd", ROOT), env=env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
