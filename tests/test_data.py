@@ -37,7 +37,8 @@ def test_samples_are_a_function_of_seed_and_index(demo_images):
 
 def test_step_sampler_resume_and_ranks():
     full = list(StepSampler(0, 6, batch_size=2))
-    assert full[6:] == list(StepSampler(3, 6, batch_size=2))  # resume at micro-batch 3
+    resumed = StepSampler(3, 6, batch_size=2)
+    assert full[6:] == list(resumed) and len(resumed) == len(full)  # resume at micro-batch 3
     r0, r1 = list(StepSampler(0, 3, 2, rank=0, world=2)), list(StepSampler(0, 3, 2, rank=1, world=2))
     assert not set(r0) & set(r1) and sorted(r0 + r1) == list(range(12))
 

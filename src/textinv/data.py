@@ -128,14 +128,18 @@ class ConceptDataset(Dataset):
 
 
 class StepSampler(Sampler[int]):
-    """Global sample indices for micro-batches start..stop: batch k of rank r holds
-    indices (k * world + r) * batch + b. Independent of how many times the run was resumed."""
+    """Global sample indices: micro-batch k of rank r holds (k * world + r) * batch + b.
+
+    Iteration starts at micro-batch `start` (the resume point) but the length always counts the whole
+    run: Lightning restores how many batches of the epoch were done and fetches only the rest, so a
+    resumed run continues with exactly the samples an uninterrupted one would have used.
+    """
 
     def __init__(self, start: int, stop: int, batch_size: int, rank: int = 0, world: int = 1):
         self.start, self.stop, self.batch, self.rank, self.world = start, stop, batch_size, rank, world
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start) * self.batch
+        return self.stop * self.batch
 
     def __iter__(self):
         for k in range(self.start, self.stop):

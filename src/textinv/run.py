@@ -7,6 +7,7 @@ with one line, before gigabytes of weights load.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +22,11 @@ from .frozen_sd import ModelSource
 from .placeholder import check_placeholder, initializer_ids
 
 log = logging.getLogger(__name__)
+
+# Resuming mid-"epoch" is exact here (textinv.data.StepSampler), and the frozen parts stay in eval mode on purpose.
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
 
 
 def check_numbers(cfg: DictConfig) -> None:

@@ -1,0 +1,140 @@
+"""End to end through Hydra on the tiny model: outputs, frozen weights, resume, local model folders."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from conftest import ROOT, compose, run_script, tiny_overrides
+from textinv.run import train
+
+
+def embedding(run_dir):
+    return load_file(str(run_dir / "learned_embeds.safetensors"))["<demo-toy>"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, demo_images):
+    """One uninterrupted 6-step run through the real train.py entry point."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    proc = run_script("train.py", *tiny_overrides(run_dir, demo_images)[1:], "experiment=demo",
+                      f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_train_py_writes_every_output(reference_run):
+    run = reference_run
+    for name in ("learned_embeds.safetensors", "demo-toy.pt", "config.yaml", "metrics.csv", "run.json",
+                 "checkpoints/last.ckpt", "snapshots/learned_embeds-step000004.safetensors",
+                 "snapshots/demo-toy-step000004.pt"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["finished"] and summary["step"] == 6 and summary["placeholder"] == "<demo-toy>"
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert {"loss", "lr", "step"} <= set(rows[0]) and all(float(r["loss"]) > 0 for r in rows if r["loss"])
+    # checkpoints hold the vectors + optimizer, not the frozen model: KBs, not MBs
+    assert (run / "checkpoints/last.ckpt").stat().st_size < 100_000
+    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
+    assert list(ckpt["state_dict"]) == ["text_encoder.text_model.embeddings.token_embedding.vectors"] or \
+        len(ckpt["state_dict"]) == 1
+    assert ckpt["global_step"] == 6
+    state = ckpt["optimizer_states"][0]["state"]
+    assert [tuple(s["exp_avg"].shape) for s in state.values()] == [(1, 32)]
+    # the learned vector moved away from its initializer
+    snap = load_file(str(run / "snapshots/learned_embeds-step000002.safetensors"))["<demo-toy>"]
+    assert not torch.equal(snap, embedding(run))
+
+
+def test_both_files_load_in_diffusers_and_match(reference_run, tiny_source):
+    frozen = tiny_source.load()
+    pipe = StableDiffusionPipeline(vae=frozen.vae, text_encoder=frozen.text_encoder, tokenizer=frozen.tokenizer,
+                                   unet=frozen.unet, scheduler=frozen.noise_scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.load_textual_inversion(str(reference_run / "learned_embeds.safetensors"))
+    pipe.load_textual_inversion(str(reference_run / "demo-toy.pt"), token="<demo-toy-a1111>")
+    weight = pipe.text_encoder.get_input_embeddings().weight
+    ids = pipe.tokenizer.convert_tokens_to_ids(["<demo-toy>", "<demo-toy-a1111>"])
+    assert torch.equal(weight[ids[0]], embedding(reference_run)[0])
+    assert torch.equal(weight[ids[1]], embedding(reference_run)[0])
+
+
+def test_frozen_weights_bitwise_unchanged_and_optimizer_holds_only_vectors(tmp_path, demo_images, monkeypatch):
+    from textinv import run as run_module
+
+    seen = {}
+    real_fit = run_module.L.Trainer.fit
+
+    def spy_fit(trainer, module, *a, **kw):
+        seen["before"] = {k: v.clone() for k, v in module.state_dict().items() if not k.endswith("vectors")}
+        seen["vectors"] = module.vectors.detach().clone()
+        real_fit(trainer, module, *a, **kw)
+        seen["module"], seen["trainer"] = module, trainer
+
+    monkeypatch.setattr(run_module.L.Trainer, "fit", spy_fit)
+    train(compose(*tiny_overrides(tmp_path / "run", demo_images, steps=3)))
+    module, trainer = seen["module"], seen["trainer"]
+    after = {k: v for k, v in module.state_dict().items() if not k.endswith("vectors")}
+    assert after.keys() == seen["before"].keys()
+    assert all(torch.equal(after[k], seen["before"][k]) for k in after)
+    assert not torch.equal(module.vectors.detach(), seen["vectors"])
+    params = [p for g in trainer.optimizers[0].param_groups for p in g["params"]]
+    assert len(params) == 1 and params[0] is module.vectors
+
+
+def test_sigkill_and_rerun_same_command_gives_identical_embedding(tmp_path, demo_images, reference_run):
+    run_dir = tmp_path / "killed"
+    args = [*tiny_overrides(run_dir, demo_images)[1:], "experiment=demo", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints/last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "run.json").exists()
+    again = run_script("train.py", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stderr + again.stdout
+    assert torch.equal(embedding(run_dir), embedding(reference_run))
+    steps = [int(r["step"]) for r in csv.DictReader(open(run_dir / "metrics.csv")) if r.get("loss")]
+    assert steps == sorted(set(steps))  # no duplicated rows from the redone steps
+
+
+def test_ckpt_path_continues_from_its_step(tmp_path, demo_images, reference_run):
+    ckpt = reference_run / "checkpoints/step000004.ckpt"
+    run_dir = tmp_path / "from4"
+    train(compose(*tiny_overrides(run_dir, demo_images), f"ckpt_path={ckpt}"))
+    assert torch.equal(embedding(run_dir), embedding(reference_run))
+    assert json.loads((run_dir / "run.json").read_text())["step"] == 6
+
+
+def test_local_diffusers_folder_and_v_prediction(tmp_path, demo_images, tiny_source):
+    """The path users with downloaded weights take: model=sd15 model.path=<folder>."""
+    frozen = tiny_source.load()
+    frozen.noise_scheduler.register_to_config(prediction_type="v_prediction")
+    pipe = StableDiffusionPipeline(vae=frozen.vae, text_encoder=frozen.text_encoder, tokenizer=frozen.tokenizer,
+                                   unet=frozen.unet, scheduler=frozen.noise_scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(tmp_path / "model")
+    run_dir = tmp_path / "run"
+    train(compose(*tiny_overrides(run_dir, demo_images, 2), "model=sd15", f"model.path={tmp_path / 'model'}"))
+    assert (run_dir / "run.json").is_file()
+    from textinv.frozen_sd import ModelSource
+    assert ModelSource(path=str(tmp_path / "model")).info().prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed"])
+def test_mixed_precision_keeps_vectors_fp32(tmp_path, demo_images, precision):
+    run_dir = tmp_path / "run"
+    train(compose(*tiny_overrides(run_dir, demo_images, 2), f"trainer.precision={precision}"))
+    assert embedding(run_dir).dtype == torch.float32 and torch.isfinite(embedding(run_dir)).all()
