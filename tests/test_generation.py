@@ -27,6 +27,15 @@ STEPS, SIZE, DIM = 3, 32, 32
 FAST = dict(steps=STEPS, height=SIZE, width=SIZE, output_type="np")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model gains nothing from threads, and loses a lot when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def frozen():
     return ModelSource("tiny").load()
@@ -184,7 +193,7 @@ def test_quote_text_overrides():
 
 
 def _script(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "generate.py"), *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

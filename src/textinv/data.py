@@ -37,13 +37,24 @@ class Concept:
     kind: str = "object"  # object | style
     data_dir: str = ""
     prompts: list[str] = field(default_factory=list)  # evaluation prompts, `{}` = the placeholder
-    synthesize: bool = False  # draw the images on first use (the built-in demo concept)
+    synthesize: bool = False  # draw the images into the default folder on first use (the demo concept)
 
     def __post_init__(self):
         if self.kind not in TEMPLATES:
             raise UserError(f"concept.kind={self.kind!r} is unknown; use object or style")
         if not self.data_dir:
-            self.data_dir = f"data/concepts/{self.name}"
+            self.data_dir = self.default_dir
+
+    @property
+    def default_dir(self) -> str:
+        return f"data/concepts/{self.name}"
+
+    @property
+    def should_synthesize(self) -> bool:
+        """Only into the default folder: a mistyped concept.data_dir must fail, not fill up with drawings."""
+        folder = self.folder
+        return (self.synthesize and folder.resolve() == Path(self.default_dir).resolve()
+                and (not folder.exists() or not any(folder.iterdir())))
 
     @property
     def folder(self) -> Path:
@@ -170,7 +181,7 @@ class ConceptDataModule(L.LightningDataModule):
         if self.images is not None:
             return
         folder = self.concept.folder
-        if self.concept.synthesize and (not folder.exists() or not any(folder.iterdir())):
+        if self.concept.should_synthesize:
             log.info("drawing the demo concept's images into %s", folder)
             synthesize_demo_concept(folder)
         list_image_files(folder)  # clear error for a missing/empty folder

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from .clip_tokenizer import VOCAB_SIZE, offline_clip_tokenizer
 from .errors import UserError
 
 log = logging.getLogger(__name__)
+# diffusers still passes this deprecated argument to huggingface_hub; the warning says nothing to users.
+warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
 
 # SD 1.x / 2.x training noise schedule.
 SD_SCHEDULE = dict(

@@ -168,6 +168,7 @@ class ImageGenerator:
                                              text_encoder=self.text_encoder)
         finally:
             transformers_logging.set_verbosity(verbosity)
+        self.text_encoder.get_input_embeddings().requires_grad_(False)  # the resized matrix is new: keep it frozen
         for name, emb in zip(names, loaded):
             self.loaded[name] = [name] + [f"{name}_{i}" for i in range(1, emb.vectors.shape[0])]
             log.info("loaded %s (%s, %d vector%s) as %r", emb.path, emb.layout, emb.vectors.shape[0],

@@ -424,7 +424,8 @@ def inception_scores(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor
     # Each IS split needs >= 2 images, else its KL term is 0 by construction.
     splits = max(1, min(is_splits, n_fake // 2))
     if splits < is_splits:
-        log.warning("Inception Score splits %d reduced to %d for %d generated images", is_splits, splits, n_fake)
+        log.warning("Inception Score splits %d reduced to %d for %d generated images%s", is_splits, splits, n_fake,
+                    "; is_std is undefined (nan) with one split" if splits == 1 else "")
     with warnings.catch_warnings():  # torchmetrics warns that KID/IS keep all features in memory: known, small here
         warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(feature=_Precomputed(feature), subsets=kid_subsets, subset_size=subset_size)
@@ -433,7 +434,9 @@ def inception_scores(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor
     kid.update(fake_f, real=False)
     kid_mean, kid_std = _seeded_compute(kid, seed)
     inception_score.update(fake["logits_unbiased"])
-    is_mean, is_std = _seeded_compute(inception_score, seed)
+    with warnings.catch_warnings():  # std of a single split: torch warns, the nan is reported above
+        warnings.simplefilter("ignore", UserWarning)
+        is_mean, is_std = _seeded_compute(inception_score, seed)
 
     return {"fid": fid_value, "kid_mean": float(kid_mean), "kid_std": float(kid_std),
             "is_mean": float(is_mean), "is_std": float(is_std), "num_real": n_real, "num_fake": n_fake,

@@ -70,9 +70,9 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     ckpt_path = resolve_resume(run_dir, cfg.ckpt_path)
     concept: Concept = instantiate(cfg.concept, _convert_="all")
     source: ModelSource = instantiate(cfg.model)
-    check_resolution(cfg.data.resolution, source.info().resolution_multiple)
     datamodule: ConceptDataModule = instantiate(cfg.data, _partial_=True, _convert_="all")(concept=concept)
     datamodule.load()
+    check_resolution(cfg.data.resolution, source.info().resolution_multiple)
     tokenizer = source.load_tokenizer()
     check_placeholder(tokenizer, concept.placeholder)
     if cfg.module.init_method == "word":
