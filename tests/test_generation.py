@@ -198,21 +198,14 @@ def _script(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_generate_script_writes_pngs_and_user_errors_exit_2(tmp_path):
+def test_generate_script_writes_pngs_and_missing_file_exits_2(tmp_path):
     emb = save_diffusers(tmp_path / "learned_embeds.safetensors", "<demo-toy>", vectors(2, 0))
     common = ["model=tiny", "prompt=A <demo-toy> in the forest, at dusk", f"steps={STEPS}"]
     run_dir = tmp_path / "run"
-    bad = {
-        "missing file": [f"embeddings=[{tmp_path / 'nope.safetensors'}]"],
-        "unknown scheduler": [f"embeddings=[{emb}]", "scheduler=euler"],
-        "zero images": [f"embeddings=[{emb}]", "num_images=0"],
-        "zero steps": [f"embeddings=[{emb}]", "steps=0"],
-    }
-    # all at once: each costs mostly the interpreter's imports
+    # both at once: each process costs mostly its imports
     ok = _script(*common, f"embeddings=[{emb}]", "num_images=4", f"height={SIZE}", f"width={SIZE}",
                  "batch_size=3", f"hydra.run.dir={run_dir}")
-    failing = {name: _script(*common, *extra, f"hydra.run.dir={tmp_path / name.replace(' ', '_')}")
-               for name, extra in bad.items()}
+    missing = _script(*common, f"embeddings=[{tmp_path / 'nope.safetensors'}]", f"hydra.run.dir={tmp_path / 'bad'}")
     out, err = ok.communicate(timeout=240)
     assert ok.returncode == 0, err[-3000:]
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
@@ -223,8 +216,29 @@ def test_generate_script_writes_pngs_and_user_errors_exit_2(tmp_path):
     assert [r["seed"] for r in info["images"]] == [0, 1, 2, 3]
     assert info["images"][0]["prompt"] == "A <demo-toy> in the forest, at dusk"
     assert info["embeddings"][0]["token"] == "<demo-toy>" and info["embeddings"][0]["num_vectors"] == 2
-    for name, proc in failing.items():
-        _, err = proc.communicate(timeout=240)
-        lines = err.strip().splitlines()
-        assert proc.returncode == 2, (name, err[-3000:])
-        assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
+
+    _, err = missing.communicate(timeout=240)
+    assert missing.returncode == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "nope.safetensors does not exist" in lines[0], err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("scheduler=euler", "scheduler='euler' is unknown"),
+    ("num_images=0", "num_images=0 must be a positive"),
+    ("steps=0", "steps=0 must be a positive"),
+    ("height=30", "height=30 must be a multiple of 8"),
+])
+def test_generate_script_user_errors_exit_2(override, message, tmp_path, monkeypatch, capsys):
+    """The real entry point (Hydra + exit_on_user_error), run in this process to save interpreter start-ups."""
+    import runpy
+
+    monkeypatch.delenv("TEXTINV_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "argv", ["generate.py", "model=tiny", "prompt=A <x>, at dusk", override,
+                                      f"hydra.run.dir={tmp_path}", "hydra/job_logging=none",
+                                      "hydra/hydra_logging=none"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "generate.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines

@@ -324,7 +324,8 @@ def run_generate(cfg) -> Path:
     dim = source.info().hidden_dim
     loaded = [load_embedding(Path(str(f)).expanduser(), dim) for f in files]
     tokenizer = source.load_tokenizer()
-    names = resolve_tokens(tokenizer, loaded, list(cfg.get("tokens") or []))
+    tokens = cfg.get("tokens")
+    names = resolve_tokens(tokenizer, loaded, [tokens] if isinstance(tokens, str) else list(tokens or []))
     for prompt in prompts:
         missing = [n for n in names if n.lower() not in prompt.lower()]
         if names and len(missing) == len(names):
