@@ -1,9 +1,11 @@
 """Train a textual-inversion embedding: python train.py concept=deku_tree init=tree"""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from textinv.cli import exit_on_user_error
+from textinv.cli import exit_on_user_error, reject_conflicting_overrides
 from textinv.run import train
 
 
@@ -14,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    reject_conflicting_overrides(sys.argv[1:])
     main()

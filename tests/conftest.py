@@ -50,7 +50,7 @@ def compose(*overrides: str):
 
 def tiny_overrides(run_dir: Path, data_dir: Path, steps: int = 6, *extra: str) -> list[str]:
     return [
-        "experiment=demo", "logger=csv", f"run_dir={run_dir}", f"concept.data_dir={data_dir}",
+        "experiment=demo", "logger=csv", f"run_dir='{run_dir}'", f"concept.data_dir='{data_dir}'",
         f"steps={steps}", "callbacks.model_checkpoint.every_n_train_steps=2",
         "callbacks.embedding_writer.every_n_steps=2", "~callbacks.progress_bar", *extra,
     ]
@@ -61,3 +61,18 @@ def run_script(script: str, *args: str, timeout: int = 300, **kw) -> subprocess.
     env.update(kw.pop("env", {}))
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=kw.pop("cwd", ROOT), env=env,
                           capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def embedding(run_dir: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "learned_embeds.safetensors"))["<demo-toy>"]
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, demo_images) -> Path:
+    """One uninterrupted 6-step run through the real train.py entry point (seed 0)."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    proc = run_script("train.py", *tiny_overrides(run_dir, demo_images), f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir

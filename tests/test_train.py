@@ -13,22 +13,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from conftest import ROOT, compose, run_script, tiny_overrides
+from conftest import ROOT, compose, embedding, run_script, tiny_overrides
 from textinv.run import train
-
-
-def embedding(run_dir):
-    return load_file(str(run_dir / "learned_embeds.safetensors"))["<demo-toy>"]
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, demo_images):
-    """One uninterrupted 6-step run through the real train.py entry point."""
-    run_dir = tmp_path_factory.mktemp("ref") / "run"
-    proc = run_script("train.py", *tiny_overrides(run_dir, demo_images)[1:], "experiment=demo",
-                      f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
 
 
 def test_train_py_writes_every_output(reference_run):
@@ -44,8 +30,8 @@ def test_train_py_writes_every_output(reference_run):
     # checkpoints hold the vectors + optimizer, not the frozen model: KBs, not MBs
     assert (run / "checkpoints/last.ckpt").stat().st_size < 100_000
     ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=False)
-    assert list(ckpt["state_dict"]) == ["text_encoder.text_model.embeddings.token_embedding.vectors"] or \
-        len(ckpt["state_dict"]) == 1
+    (key, vectors), = ckpt["state_dict"].items()
+    assert key.endswith("token_embedding.vectors") and tuple(vectors.shape) == (1, 32)
     assert ckpt["global_step"] == 6
     state = ckpt["optimizer_states"][0]["state"]
     assert [tuple(s["exp_avg"].shape) for s in state.values()] == [(1, 32)]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 from pathlib import Path
+
+import torch
 
 import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -48,8 +52,8 @@ class EmbeddingWriter(L.Callback):
             self._last_written = step
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.interrupted:
-            return
+        if not trainer.is_global_zero or trainer.interrupted or trainer.global_step < trainer.max_steps:
+            return  # stopped early (signal): not a finished run
         step = trainer.global_step
         files = write_embedding_files(self.run_dir, pl_module, step)
         summary = {
@@ -71,3 +75,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class GracefulStop(L.Callback):
+    """SIGINT/SIGTERM finish the current optimizer step, save a resumable last.ckpt and stop the run.
+
+    A second Ctrl-C aborts at once (the previous checkpoint stays valid: writes are atomic). Under DDP
+    the ranks agree on stopping through one tiny all-reduce per step, so none waits for the others.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._step_at_start = -1
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: stopping after this step with a resumable checkpoint (again to abort now)",
+                    signal.Signals(signum).name)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._step_at_start:
+            return  # mid-accumulation: only stop on an optimizer-step boundary
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        trainer.should_stop = True
+        self.signum = self.signum or signal.SIGTERM

@@ -1,12 +1,16 @@
-"""Entry-point glue: user mistakes become one line on stderr and exit code 2, not a traceback."""
+"""Entry-point glue: user mistakes become one line on stderr and a non-zero exit, not a traceback."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
 
 from .errors import UserError
+
+# Disk full, read-only or forbidden output: the user's environment, not a bug.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.ENOTDIR}
 
 
 def exit_on_user_error(fn):
@@ -18,5 +22,26 @@ def exit_on_user_error(fn):
             if os.environ.get("TEXTINV_TRACEBACK"):
                 raise
             print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(err.exit_code)
+        except OSError as err:
+            if err.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("TEXTINV_TRACEBACK"):
+                raise
+            print(f"error: cannot write {err.filename or 'an output file'}: {err.strerror}; free space or choose a "
+                  "writable hydra.run.dir=...; files already written are complete (atomic writes)",
+                  file=sys.stderr, flush=True)
             sys.exit(2)
     return wrapper
+
+
+def reject_conflicting_overrides(argv: list[str]) -> None:
+    """Hydra silently keeps the last of `lr=1e-3 lr=2e-3`; a sweep typo like that must not go unnoticed."""
+    seen: dict[str, str] = {}
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in seen and seen[key] != arg:
+            print(f"error: conflicting overrides {seen[key]!r} and {arg!r}; give {key} once "
+                  f"(for a sweep: -m {key}=a,b)", file=sys.stderr, flush=True)
+            sys.exit(2)
+        seen[key] = arg

@@ -81,7 +81,7 @@ def clip_t(text_emb: torch.Tensor, gen_emb: torch.Tensor) -> float:
     raise ValueError(f"clip_t: {text.shape[0]} prompts for {gen.shape[0]} images; give 1 or one per image")
 
 
-_ARTICLE = r"(?:a|an|the)"
+_ARTICLE = r"(?i:a|an|the)"
 
 
 def strip_placeholder(prompt: str, placeholder: str) -> str:
@@ -103,7 +103,7 @@ def strip_placeholder(prompt: str, placeholder: str) -> str:
     # One or more consecutive placeholder tokens ("<tok> <tok>_1 <tok>_2") count as one slot.
     slot = token + r"(?:\s+" + token + r")*"
     # Dangling article: "... a <tok>" at the end of the prompt or before punctuation.
-    text = re.sub(r"(?i)(?<!\w)" + _ARTICLE + r"\s+" + slot + r"(?=\s*(?:[,.;:!?)]|$))", "", prompt)
+    text = re.sub(r"(?<!\w)" + _ARTICLE + r"\s+" + slot + r"(?=\s*(?:[,.;:!?)]|$))", "", prompt)
     text = re.sub(slot, "", text)
     text = re.sub(r"\s+", " ", text)
     text = re.sub(r"\s+([,.;:!?)])", r"\1", text)
@@ -135,26 +135,27 @@ class ClipScorer:
                  batch_size: int = 32, quick_gelu: bool | None = None):
         import open_clip
 
+        weights = None if weights is None else str(weights)
         tag_cfg = open_clip.get_pretrained_cfg(arch, weights) if weights else {}
         if weights and not tag_cfg:
             weights = os.path.expanduser(str(weights))
             if not os.path.isfile(weights):
-                tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+                tags = open_clip.list_pretrained_tags_by_model(arch)
+                tags = ", ".join(tags[:5]) + (", ..." if len(tags) > 5 else "") if tags else "none"
                 raise UserError(f"CLIP weights {weights!r} for {arch} are neither an open_clip tag (known: {tags}) nor "
                                 f"an existing file; set eval.clip.weights=<local .bin/.safetensors file>")
         if quick_gelu is None:
             reference = tag_cfg or open_clip.get_pretrained_cfg(arch, "openai")
             quick_gelu = bool(reference.get("quick_gelu", False))
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*QuickGELU mismatch.*")
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu)
         except RuntimeError as err:
             if tag_cfg:  # a known tag that could not be fetched (offline, no cache)
                 raise UserError(f"cannot load CLIP {arch} weights {weights!r} (offline and not in the HF cache?); "
-                                f"set eval.clip.weights=<local .bin/.safetensors file> or pre-download them "
-                                f"with open_clip on a machine online ({_one_line(err, 120)})") from err
+                                f"set eval.clip.weights=<local .bin/.safetensors file> or fill the cache once online "
+                                f"with open_clip.create_model({arch!r}, pretrained={weights!r}) "
+                                f"({_one_line(err, 120)})") from err
             raise UserError(f"cannot build CLIP {arch} from weights={weights!r}: {_one_line(err)}; "
                             f"check eval.clip.arch / eval.clip.weights") from err
         self.arch, self.weights, self.device, self.batch_size = arch, weights, torch.device(device), batch_size
@@ -323,7 +324,11 @@ def _uint8_batches(images: Images, batch_size: int):
 
 @torch.no_grad()
 def inception_features(extractor: nn.Module, images: Images, batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """{"64": [N, 64], ..., "2048": [N, 2048], "logits_unbiased": [N, 1008]}, float64 on CPU."""
+    """{"64": [N, 64], ..., "2048": [N, 2048], "logits_unbiased": [N, 1008]}, float64 on CPU.
+
+    `extractor` comes from `load_inception` (all layers requested). Cache the result for the training
+    images: it does not change during a run.
+    """
     device = next(extractor.parameters()).device
     chunks: list[tuple[torch.Tensor, ...]] = []
     for batch in _uint8_batches(images, batch_size):
@@ -418,9 +423,10 @@ def inception_scores(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor
         log.warning("FID came out %s (too few samples for %d-d features); it is not meaningful here", fid_value, feature)
 
     subset_size = min(kid_subset_size, n_real, n_fake)
+    whole_sets = n_real == n_fake == subset_size  # every subset would be both whole sets: one is enough
     if subset_size < kid_subset_size:
         log.warning("KID subset size %d clamped to %d (the smaller image set)%s", kid_subset_size, subset_size,
-                    "; every subset is then the whole set, so kid_std is 0" if n_real == n_fake == subset_size else "")
+                    "; every subset is then the whole set, so kid_std is 0" if whole_sets else "")
     # Each IS split needs >= 2 images, else its KL term is 0 by construction.
     splits = max(1, min(is_splits, n_fake // 2))
     if splits < is_splits:
@@ -428,7 +434,8 @@ def inception_scores(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor
                     "; is_std is undefined (nan) with one split" if splits == 1 else "")
     with warnings.catch_warnings():  # torchmetrics warns that KID/IS keep all features in memory: known, small here
         warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=_Precomputed(feature), subsets=kid_subsets, subset_size=subset_size)
+        kid = KernelInceptionDistance(feature=_Precomputed(feature), subsets=1 if whole_sets else kid_subsets,
+                                      subset_size=subset_size)
         inception_score = InceptionScore(feature=_Precomputed(1008), splits=splits)
     kid.update(real_f, real=True)
     kid.update(fake_f, real=False)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 
-from .errors import UserError
+from .errors import NumericalFault, UserError
 from .frozen_sd import FrozenSD
 from .placeholder import add_placeholder, trainable_vectors
 
@@ -54,6 +55,7 @@ class TextualInversionModule(L.LightningModule):
         self.model_name = frozen.name
         self.latent_mean: torch.Tensor | None = None  # [N, 2 (plain, flipped), C, h, w]
         self.latent_std: torch.Tensor | None = None
+        self._last_good: torch.Tensor | None = None
         self.strict_loading = False  # checkpoints hold only the trainable vectors
         # DDP: only the vectors are synchronised; frozen weights are identical on every rank already.
         self._ddp_params_and_buffers_to_ignore = [n for n, p in self.named_parameters() if not p.requires_grad] + [
@@ -139,6 +141,24 @@ class TextualInversionModule(L.LightningModule):
         cond = self.text_encoder(self.tokenize(batch["prompt"]))[0]
         pred = self.unet(noisy.to(self.unet.dtype), t, cond.to(self.unet.dtype)).sample
         return F.mse_loss(pred.float(), target.float())
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Stop on the first non-finite vector (a NaN/inf loss leads there), keeping the last good one.
+        Vectors are synchronised across DDP ranks, so every rank stops together."""
+        vectors = self.vectors.detach()
+        if torch.isfinite(vectors).all():
+            self._last_good = vectors.clone()
+            return
+        with torch.no_grad():
+            self.vectors.copy_(self._last_good if self._last_good is not None else torch.nan_to_num(vectors))
+        run_dir = Path(self.trainer.default_root_dir)
+        if self.trainer.is_global_zero:
+            from .callbacks import write_embedding_files
+            write_embedding_files(run_dir, self, self.global_step, suffix="-last-good")
+        loss = outputs["loss"].item() if isinstance(outputs, dict) else float("nan")
+        raise NumericalFault(
+            f"training diverged at step {self.global_step} (loss {loss}, non-finite embedding); the last good "
+            f"embedding is in {run_dir}/learned_embeds-last-good.safetensors; lower lr= or use trainer.precision=32")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

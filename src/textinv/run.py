@@ -7,6 +7,7 @@ with one line, before gigabytes of weights load.
 from __future__ import annotations
 
 import logging
+import signal
 import warnings
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import atomic_write_text
-from .callbacks import FINISHED_MARKER, AtomicCheckpointIO
+from .callbacks import FINISHED_MARKER, AtomicCheckpointIO, GracefulStop
 from .data import Concept, ConceptDataModule
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .frozen_sd import ModelSource
 from .placeholder import check_placeholder, initializer_ids
 
@@ -96,5 +97,10 @@ def train(cfg: DictConfig) -> Path:
     module = instantiate(cfg.module, _convert_="all")(frozen=frozen, placeholder=concept.placeholder,
                                                       initializer=cfg.init, seed=cfg.seed)
     trainer = build_trainer(cfg)
+    graceful = GracefulStop()
+    trainer.callbacks.append(graceful)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if graceful.signum is not None:
+        raise Interrupted(f"stopped by {signal.Signals(graceful.signum).name} at step {trainer.global_step}; "
+                          f"re-run the same command to resume from {run_dir}/checkpoints/last.ckpt", graceful.signum)
     return run_dir
