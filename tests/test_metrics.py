@@ -150,37 +150,10 @@ def test_dino_scorer_random_and_local_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory) -> str:
-    """A weights file for torch-fidelity's Inception v3 holding a random initialisation.
+    """torch-fidelity's Inception v3 with a seeded random initialisation (see textinv.random_weights)."""
+    from textinv.random_weights import random_inception_weights
 
-    torch-fidelity always loads weights in its constructor, so the real class is built once with that
-    load turned into a no-op. Batch-norm statistics are then set from random images (train-mode pass):
-    with the default init and unit running variance, activations shrink ~1e-8 by the last layer, which
-    would make every IS exactly 1.
-    """
-    import torch_fidelity.feature_extractor_inceptionv3 as tfi
-
-    no_weights = {}
-
-    class RandomInit(tfi.FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict, *args, **kwargs):
-            if state_dict is no_weights:
-                return None
-            return super().load_state_dict(state_dict, *args, **kwargs)
-
-    torch.manual_seed(0)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: no_weights)
-        net = RandomInit("random-inception", ["logits_unbiased"])
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the calibration pass
-    net.train()
-    with torch.no_grad():
-        net(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
-    path = tmp_path_factory.mktemp("inception") / M.INCEPTION_WEIGHTS_FILE
-    torch.save(net.eval().state_dict(), path)
-    return str(path)
+    return random_inception_weights(tmp_path_factory.mktemp("inception") / M.INCEPTION_WEIGHTS_FILE)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,15 @@ with one line, before gigabytes of weights load.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +22,8 @@ from .atomic import atomic_write_text
 from .callbacks import FINISHED_MARKER, AtomicCheckpointIO, GracefulStop
 from .data import Concept, ConceptDataModule
 from .errors import Interrupted, UserError
+from .eval_callback import EvaluationCallback, log_evaluation
+from .evaluation import EvalConfig, Evaluator, baseline_cache_key, save_images, write_metrics
 from .frozen_sd import ModelSource
 from .placeholder import check_placeholder, initializer_ids
 
@@ -65,7 +70,7 @@ def resolve_resume(run_dir: Path, ckpt_path: str | None) -> str | None:
 
 
 def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, ConceptDataModule]:
-    """All checks that need no big weights."""
+    """All checks that need no big weights (the metric networks' weights are checked in `build_evaluator`)."""
     check_numbers(cfg)
     run_dir = Path(cfg.run_dir)
     ckpt_path = resolve_resume(run_dir, cfg.ckpt_path)
@@ -76,9 +81,52 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     check_resolution(cfg.data.resolution, source.info().resolution_multiple)
     tokenizer = source.load_tokenizer()
     check_placeholder(tokenizer, concept.placeholder)
-    if cfg.module.init_method == "word":
+    if cfg.module.init_method == "word" or cfg.baseline:
         initializer_ids(tokenizer, cfg.init)
     return run_dir, ckpt_path, concept, source, datamodule
+
+
+def build_evaluator(cfg: DictConfig, concept: Concept, datamodule: ConceptDataModule) -> Evaluator | None:
+    """Rank 0 only: CLIP/Inception plus the training images' features, once per run."""
+    eval_cfg: EvalConfig = instantiate(cfg.eval, _convert_="all")
+    if not eval_cfg.enabled or rank_zero_only.rank != 0:
+        return None
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    return Evaluator(eval_cfg, concept.kind, concept.prompts, datamodule.images, device=device)
+
+
+def run_header(cfg: DictConfig, concept: Concept, source: ModelSource) -> dict:
+    """What a results table groups by: written at the top of eval/metrics.json."""
+    return {"concept": concept.name, "kind": concept.kind, "placeholder": concept.placeholder,
+            "initializer": cfg.init, "baseline": bool(cfg.baseline), "model": source.name, "seed": cfg.seed,
+            "lr": cfg.lr, "steps": cfg.steps, "num_vectors": cfg.module.num_vectors}
+
+
+def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource,
+                      evaluator: Evaluator) -> Path:
+    """The "SD" row: the untouched model, the initializer word in place of the token, same prompts and seeds."""
+    from .generation import ImageGenerator
+
+    frozen = source.load()
+    device = evaluator.device
+    for m in (frozen.text_encoder, frozen.vae, frozen.unet):
+        m.to(device)
+    word = str(cfg.init)
+    generator = ImageGenerator.from_frozen(frozen, scheduler=evaluator.cfg.scheduler)
+    images = evaluator.generate(generator, word, cache_key=baseline_cache_key(source.name, word, evaluator))
+    record = {"step": 0, **evaluator.score(images, concept.placeholder, word)}
+    save_images(run_dir / "eval" / "images" / "baseline", evaluator.templates, images)
+    write_metrics(run_dir / "eval" / "metrics.json",
+                  {**run_header(cfg, concept, source), "settings": evaluator.settings()}, [record])
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    log_evaluation(loggers, record, images, 0, "baseline")
+    for lg in loggers:
+        lg.finalize("success")
+    atomic_write_text(run_dir / FINISHED_MARKER, json.dumps({"finished": True, "baseline": True, "step": 0,
+                                                             "word": word, "model": source.name}, indent=2))
+    log.info("baseline (%r): reconstruction %.4f, editability %.4f", word, record["reconstruction"],
+             record["editability"])
+    return run_dir
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -90,15 +138,23 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 def train(cfg: DictConfig) -> Path:
     run_dir, ckpt_path, concept, source, datamodule = prepare(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    evaluator = build_evaluator(cfg, concept, datamodule)
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
         atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.baseline:
+        if evaluator is None:
+            raise UserError("baseline=true only evaluates, but eval.enabled=false; drop one of them")
+        return evaluate_baseline(cfg, run_dir, concept, source, evaluator)
     frozen = source.load()
     module = instantiate(cfg.module, _convert_="all")(frozen=frozen, placeholder=concept.placeholder,
                                                       initializer=cfg.init, seed=cfg.seed)
     trainer = build_trainer(cfg)
     graceful = GracefulStop()
     trainer.callbacks.append(graceful)
+    if evaluator is not None or cfg.eval.enabled:
+        trainer.callbacks.append(EvaluationCallback(evaluator.cfg if evaluator else instantiate(cfg.eval, _convert_="all"),
+                                                    evaluator, run_dir, run_header(cfg, concept, source)))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if graceful.signum is not None:
         raise Interrupted(f"stopped by {signal.Signals(graceful.signum).name} at step {trainer.global_step}; "
