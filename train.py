@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from textinv.cli import exit_on_user_error, reject_conflicting_overrides
+from textinv.cli import check_output_dir_override, exit_on_user_error, reject_conflicting_overrides
 from textinv.run import train
 
 
@@ -17,4 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     reject_conflicting_overrides(sys.argv[1:])
+    check_output_dir_override(sys.argv[1:])
     main()

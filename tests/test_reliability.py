@@ -153,6 +153,16 @@ def test_conflicting_overrides_fail_cleanly(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_unusable_output_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = run_script("train.py", "experiment=demo", f"hydra.run.dir={blocker}/run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: hydra.run.dir={blocker}/run: {blocker} is not a directory; "
+                                                "choose a writable folder"]
+    assert blocker.read_text() == "not a folder"
+
+
 def test_placeholder_with_spaces_is_rejected_before_loading(tmp_path, demo_images):
     with pytest.raises(UserError, match="whitespace"):
         prepare(compose(*tiny_overrides(tmp_path / "r", demo_images), "concept.placeholder='<my toy>'"))

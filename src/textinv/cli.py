@@ -45,3 +45,19 @@ def reject_conflicting_overrides(argv: list[str]) -> None:
                   f"(for a sweep: -m {key}=a,b)", file=sys.stderr, flush=True)
             sys.exit(2)
         seen[key] = arg
+
+
+def check_output_dir_override(argv: list[str]) -> None:
+    """Hydra creates `hydra.run.dir` (and its log) before the job runs and fails there with a traceback;
+    catch an unusable directory first."""
+    for arg in argv:
+        if arg.startswith(("hydra.run.dir=", "hydra.sweep.dir=")):
+            key, value = arg.split("=", 1)
+            path = os.path.abspath(os.path.expanduser(value.strip("'\"")))
+            probe = path
+            while not os.path.exists(probe):
+                probe = os.path.dirname(probe)
+            if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+                why = "is not a directory" if not os.path.isdir(probe) else "is not writable"
+                print(f"error: {key}={value}: {probe} {why}; choose a writable folder", file=sys.stderr, flush=True)
+                sys.exit(2)
