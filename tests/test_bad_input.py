@@ -80,11 +80,11 @@ def test_finished_run_is_never_overwritten(finished_run, demo_images):
     assert {k: after.get(k) for k in before} == before
 
 
-def test_cli_missing_data_and_missing_weights(tmp_path):
+def test_cli_missing_data_and_missing_weights(tmp_path, demo_images):
     proc = run_script("train.py", "experiment=demo", f"concept.data_dir={tmp_path / 'none'}",
                       f"hydra.run.dir={tmp_path / 'a'}")
     assert_one_line_error(proc, "does not exist", "concept.data_dir")
-    proc = run_script("train.py", "concept=deku_tree", f"concept.data_dir={tmp_path}", "model.path=/no/such",
+    proc = run_script("train.py", "concept=deku_tree", f"concept.data_dir={demo_images}", "model.path=/no/such",
                       f"hydra.run.dir={tmp_path / 'b'}")
     assert_one_line_error(proc, "model.path=/no/such", "model=tiny")
 

@@ -7,21 +7,16 @@ so vocab.json / merges.txt written from it give token ids identical to SD's `tok
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import shutil
-from pathlib import Path
 
 from transformers import CLIPTokenizer
+
+from .cache import cache_dir
 
 
 VOCAB_SIZE = 49408
 _NUM_MERGES = VOCAB_SIZE - 256 * 2 - 2  # byte tokens, byte+</w> tokens, two special tokens
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("TEXTINV_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "textinv"
-    return Path(root) / "clip_tokenizer"
 
 
 def build_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
@@ -45,7 +40,7 @@ def build_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
 
 def offline_clip_tokenizer() -> CLIPTokenizer:
     """SD 1.x's tokenizer (pads with <|endoftext|>), built once and cached as a tokenizer folder."""
-    folder = _cache_dir()
+    folder = cache_dir("clip_tokenizer")
     if not (folder / "tokenizer_config.json").exists():
         tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
         build_clip_tokenizer().save_pretrained(tmp)

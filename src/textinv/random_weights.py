@@ -12,11 +12,7 @@ from unittest import mock
 import torch
 
 from .atomic import atomic_write
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("TEXTINV_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "textinv"
-    return Path(root) / "random_weights"
+from .cache import cache_dir
 
 
 def random_inception_weights(path: str | os.PathLike | None = None, seed: int = 0) -> str:
@@ -28,7 +24,7 @@ def random_inception_weights(path: str | os.PathLike | None = None, seed: int = 
     """
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
-    path = Path(path) if path else _cache_dir() / f"inception-random-seed{seed}.pth"
+    path = Path(path) if path else cache_dir("random_weights") / f"inception-random-seed{seed}.pth"
     if path.is_file():
         return str(path)
     skip = {}
