@@ -7,12 +7,14 @@ from omegaconf import DictConfig
 
 from textinv.cli import check_output_dir_override, exit_on_user_error, reject_conflicting_overrides
 from textinv.run import train
+from textinv.sweeps import sweep_job
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    with sweep_job():  # ends this job's W&B run and DDP ranks: the next sweep point starts its own
+        train(cfg)
 
 
 if __name__ == "__main__":

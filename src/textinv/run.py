@@ -26,6 +26,7 @@ from .eval_callback import EvaluationCallback, log_evaluation
 from .evaluation import EvalConfig, Evaluator, baseline_cache_key, save_images, write_metrics
 from .frozen_sd import ModelSource
 from .placeholder import check_placeholder, initializer_ids
+from .sweeps import in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,14 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
-def train(cfg: DictConfig) -> Path:
+def train(cfg: DictConfig, skip_finished: bool | None = None) -> Path:
+    """skip_finished (default: inside a Hydra multirun): a finished run dir is skipped, not refused, so re-running
+    an interrupted sweep redoes only the unfinished points."""
+    if skip_finished is None:
+        skip_finished = in_multirun()
+    if skip_finished and (Path(cfg.run_dir) / FINISHED_MARKER).exists():
+        log.info("skipping finished point %s (%s exists)", cfg.run_dir, FINISHED_MARKER)
+        return Path(cfg.run_dir)
     run_dir, ckpt_path, concept, source, datamodule = prepare(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     evaluator = build_evaluator(cfg, concept, datamodule)
