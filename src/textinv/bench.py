@@ -1,9 +1,16 @@
-"""`make bench`: seconds per training step and peak memory on the real SD 1.5 architecture.
+"""`make bench`: training-step time and evaluation-generation throughput on the real SD 1.5 architecture.
 
-Compared with the floor, one forward and backward of the frozen text encoder and UNet alone, the
-training step adds only what textual inversion needs (embedding swap, noise, loss, a 768-float AdamW
-update). Each measurement runs in its own process so peak memory is its own.
-Usage: python -m textinv.bench [--resolution 256] [--steps 6] [--model sd15_arch]
+Training: seconds per step and peak memory. Compared with the floor, one forward and backward of the
+frozen text encoder and UNet alone, the training step adds only what textual inversion needs (embedding
+swap, noise, loss, a 768-float AdamW update).
+Generation: images per second for evaluation images at the eval defaults (DDIM, guidance 5.0, seeds
+seed + k), batched (eval.batch_size images per pipeline call, what evaluation does) vs one image per
+pipeline call (how peer tools render validation images); the same images either way. On CPU it uses
+fewer sampler steps (--gen-steps, default 5 on CPU, 50 on GPU) and reports the per-step cost and a
+projection to 50 steps (sampling time scales with steps; the VAE decode, timed separately, does not).
+Each measurement runs in its own process so peak memory is its own.
+Usage: python -m textinv.bench [--resolution 256] [--steps 6] [--model sd15_arch] [--gen-steps N]
+       [--gen-images N] [--gen-batch 8] [--parts floor,train,generate] [--json FILE]
 """
 
 from __future__ import annotations
@@ -100,46 +107,166 @@ def train_steps(model: str, resolution: int, steps: int, device: str) -> dict:
     return {"seconds": [b - a for a, b in zip(marks[1:], marks[2:])], "optimizer_state_bytes": optimizer_state}
 
 
-PARTS = {"floor": floor, "train": train_steps}
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def generation(model: str, resolution: int, device: str, gen_steps: int, gen_images: int, gen_batch: int) -> dict:
+    """Evaluation images per second: `gen_batch` images per pipeline call vs one image per call."""
+    import numpy as np
+
+    from textinv.evaluation import EvalConfig
+    from textinv.frozen_sd import ModelSource
+    from textinv.generation import ImageGenerator
+
+    ev = EvalConfig()
+    frozen = ModelSource(model).load()
+    for m in (frozen.text_encoder, frozen.vae, frozen.unet):
+        m.to(device)
+    gen = ImageGenerator.from_frozen(frozen, scheduler=ev.scheduler)
+    kw = dict(seed=ev.seed, guidance_scale=ev.guidance_scale, negative_prompt=ev.negative_prompt,
+              height=resolution, width=resolution, output_type="np")
+    prompts = ["a photo of a toy"]
+    with torch.inference_mode():
+        # warm-up at both batch sizes (allocator, kernels, the cached prompt encoding)
+        gen.generate(prompts, 1, steps=1, batch_size=1, **kw)
+        gen.generate(prompts, min(gen_batch, gen_images), steps=1, batch_size=gen_batch, **kw)
+        out, seconds = {}, {}
+        for mode, batch in (("batched", gen_batch), ("single", 1)):
+            _sync(device)
+            t0 = time.perf_counter()
+            out[mode] = gen.generate(prompts, gen_images, steps=gen_steps, batch_size=batch, **kw)[0]
+            _sync(device)
+            seconds[mode] = time.perf_counter() - t0
+        # the VAE decode per image does not scale with sampler steps: time it alone for the projection
+        f = gen.pipe.vae_scale_factor
+        decode = {}
+        for mode, batch in (("batched", gen_batch), ("single", 1)):
+            z = torch.randn(batch, frozen.vae.config.latent_channels, resolution // f, resolution // f,
+                            device=device, dtype=frozen.vae.dtype)
+            frozen.vae.decode(z)
+            _sync(device)
+            t0 = time.perf_counter()
+            frozen.vae.decode(z)
+            _sync(device)
+            decode[mode] = (time.perf_counter() - t0) / batch
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(out["batched"], out["single"]))
+    return {"seconds": seconds, "decode_s_per_image": decode, "images": gen_images, "gen_steps": gen_steps,
+            "gen_batch": gen_batch, "max_pixel_diff": diff}
+
+
+PARTS = {"floor": floor, "train": train_steps, "generate": generation}
+
+
+def call_part(part: str, args) -> dict:
+    if part == "generate":
+        return generation(args.model, args.resolution, args.device, args.gen_steps, args.gen_images, args.gen_batch)
+    return PARTS[part](args.model, args.resolution, args.steps, args.device)
 
 
 def run_part(part: str, args) -> dict:
     cmd = [sys.executable, "-m", "textinv.bench", "--part", part, "--model", args.model, "--resolution",
-           str(args.resolution), "--steps", str(args.steps), "--device", args.device]
+           str(args.resolution), "--steps", str(args.steps), "--device", args.device,
+           "--gen-steps", str(args.gen_steps), "--gen-images", str(args.gen_images), "--gen-batch", str(args.gen_batch)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"bench part {part} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def generation_report(g: dict, eval_steps: int = 50) -> dict:
+    """images/s both ways, their ratio, the per-step cost and a projection to the eval default of 50 steps."""
+    rep = {"gen_steps": g["gen_steps"], "gen_images": g["images"], "gen_batch": g["gen_batch"],
+           "gen_max_pixel_diff": g["max_pixel_diff"]}
+    for mode in ("batched", "single"):
+        per_image = g["seconds"][mode] / g["images"]
+        decode = min(g["decode_s_per_image"][mode], per_image)
+        per_step = (per_image - decode) / g["gen_steps"]
+        rep[f"gen_{mode}_images_per_s"] = round(1 / per_image, 4)
+        rep[f"gen_{mode}_s_per_image"] = round(per_image, 3)
+        rep[f"gen_{mode}_s_per_image_step"] = round(per_step, 4)
+        rep[f"gen_{mode}_decode_s_per_image"] = round(decode, 3)
+        rep[f"gen_{mode}_images_per_s_at_{eval_steps}_steps"] = round(1 / (per_step * eval_steps + decode), 4)
+    rep["gen_speedup"] = round(g["seconds"]["single"] / g["seconds"]["batched"], 3)
+    rep[f"gen_speedup_at_{eval_steps}_steps"] = round(rep[f"gen_batched_images_per_s_at_{eval_steps}_steps"]
+                                                      / rep[f"gen_single_images_per_s_at_{eval_steps}_steps"], 3)
+    return rep
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="sd15_arch")
     p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=6, help="training steps to time")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--gen-steps", type=int, help="sampler steps for the generation benchmark (default: 50 on GPU, "
+                   "5 on CPU; eval uses 50)")
+    p.add_argument("--gen-images", type=int, help="images generated each way (default: 2 x --gen-batch on GPU, "
+                   "--gen-batch on CPU)")
+    p.add_argument("--gen-batch", type=int, help="images per pipeline call when batched (default: eval.batch_size)")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--part", choices=list(PARTS))
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
+    from textinv.evaluation import EvalConfig
+
+    args.gen_batch = args.gen_batch or EvalConfig().batch_size
+    args.gen_steps = args.gen_steps or (50 if args.device == "cuda" else 5)
+    args.gen_images = args.gen_images or (2 * args.gen_batch if args.device == "cuda" else args.gen_batch)
+    if min(args.gen_steps, args.gen_images, args.gen_batch, args.steps) < 1:
+        raise SystemExit("error: --steps, --gen-steps, --gen-images and --gen-batch must be >= 1")
     if args.part:  # child process: one measurement, JSON on the last stdout line
-        result = PARTS[args.part](args.model, args.resolution, args.steps, args.device)
+        result = call_part(args.part, args)
         result["peak_memory_gb"] = peak_memory_gb(args.device)
         print(json.dumps(result))
         return
-    results = {part: run_part(part, args) for part in PARTS}
-    f, t = (statistics.median(results[k]["seconds"]) for k in ("floor", "train"))
-    report = {
-        "model": args.model, "resolution": args.resolution, "batch": 1, "device": args.device,
-        "torch_threads": torch.get_num_threads(),
-        "floor_s_per_step": round(f, 3), "train_s_per_step": round(t, 3), "ratio": round(t / f, 3),
-        "floor_peak_gb": round(results["floor"]["peak_memory_gb"], 2),
-        "train_peak_gb": round(results["train"]["peak_memory_gb"], 2),
-        "optimizer_state_bytes": results["train"]["optimizer_state_bytes"],
-    }
-    print(f"training step, {args.model} at {args.resolution} px, batch 1, {args.device}:")
-    print(f"  floor (text encoder + UNet fwd/bwd): {f:.3f} s/step, peak {report['floor_peak_gb']} GiB")
-    print(f"  textinv training step:               {t:.3f} s/step, peak {report['train_peak_gb']} GiB")
-    print(f"  ratio {t / f:.3f} (target <= 1.15); optimizer state {report['optimizer_state_bytes']} bytes")
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    unknown = [x for x in parts if x not in PARTS]
+    if unknown or not parts:
+        raise SystemExit(f"error: --parts {args.parts!r}: choose from {','.join(PARTS)}")
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    results = {}
+    for part in parts:
+        results[part] = run_part(part, args)
+    report = {"model": args.model, "resolution": args.resolution, "device": args.device,
+              "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "load_avg_1min_before": load_before}
+    if "floor" in results and "train" in results:
+        f, t = (statistics.median(results[k]["seconds"]) for k in ("floor", "train"))
+        report.update({
+            "batch": 1, "floor_s_per_step": round(f, 3), "train_s_per_step": round(t, 3), "ratio": round(t / f, 3),
+            "floor_peak_gb": round(results["floor"]["peak_memory_gb"], 2),
+            "train_peak_gb": round(results["train"]["peak_memory_gb"], 2),
+            "optimizer_state_bytes": results["train"]["optimizer_state_bytes"],
+        })
+        print(f"training step, {args.model} at {args.resolution} px, batch 1, {args.device}:")
+        print(f"  floor (text encoder + UNet fwd/bwd): {f:.3f} s/step, peak {report['floor_peak_gb']} GiB")
+        print(f"  textinv training step:               {t:.3f} s/step, peak {report['train_peak_gb']} GiB")
+        print(f"  ratio {t / f:.3f} (target <= 1.15); optimizer state {report['optimizer_state_bytes']} bytes")
+    else:
+        for part in ("floor", "train"):
+            if part in results:
+                report[f"{part}_s_per_step"] = round(statistics.median(results[part]["seconds"]), 3)
+                report[f"{part}_peak_gb"] = round(results[part]["peak_memory_gb"], 2)
+                print(f"{part}: {report[f'{part}_s_per_step']:.3f} s/step, peak {report[f'{part}_peak_gb']} GiB")
+    if "generate" in results:
+        g = generation_report(results["generate"])
+        report.update(g, gen_peak_gb=round(results["generate"]["peak_memory_gb"], 2))
+        n, b, st = g["gen_images"], g["gen_batch"], g["gen_steps"]
+        print(f"evaluation generation, {args.model} at {args.resolution} px, DDIM {st} steps, guidance 5.0, "
+              f"{n} images each way, {args.device}:")
+        for mode, what in (("batched", f"{b} images per pipeline call"), ("single", "1 image per pipeline call")):
+            print(f"  {what + ':':28s} {g[f'gen_{mode}_images_per_s']:.4f} images/s "
+                  f"({g[f'gen_{mode}_s_per_image']:.2f} s/image; {g[f'gen_{mode}_s_per_image_step']:.3f} s per image "
+                  f"per step + {g[f'gen_{mode}_decode_s_per_image']:.3f} s decode)")
+        print(f"  batched / single: {g['gen_speedup']:.3f}x (target >= 1.3 on CPU); projected to 50 steps: "
+              f"{g['gen_batched_images_per_s_at_50_steps']:.4f} vs {g['gen_single_images_per_s_at_50_steps']:.4f} "
+              f"images/s, {g['gen_speedup_at_50_steps']:.3f}x; same images either way (max pixel difference "
+              f"{g['gen_max_pixel_diff']:.2e})")
+    if load_before is not None and load_before > 0.5:
+        print(f"note: the 1-minute load average was {load_before} on {os.cpu_count()} cores before the benchmark "
+              "started: other jobs share this machine and the times may be inflated")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -161,7 +161,8 @@ def train(cfg: DictConfig, skip_finished: bool | None = None) -> Path:
     graceful = GracefulStop()
     trainer.callbacks.append(graceful)
     if evaluator is not None or cfg.eval.enabled:
-        trainer.callbacks.append(EvaluationCallback(evaluator.cfg if evaluator else instantiate(cfg.eval, _convert_="all"),
+        # first in the list: the final evaluation runs before EmbeddingWriter marks the run finished (run.json)
+        trainer.callbacks.insert(0, EvaluationCallback(evaluator.cfg if evaluator else instantiate(cfg.eval, _convert_="all"),
                                                     evaluator, run_dir, run_header(cfg, concept, source)))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if graceful.signum is not None:

@@ -1,0 +1,72 @@
+"""The study's Table 1 from finished runs: rows SD (baseline=true runs) and SD + TI (the rest).
+
+    python experiments/table.py RUN_DIR_OR_SWEEP [...] --out OUT_DIR [--no-wandb] [--include-unfinished]
+
+Each argument is a run directory (holding eval/metrics.json) or a folder with runs anywhere below it
+(a Hydra multirun/sweep directory). Writes OUT_DIR/table.md, table.csv (one row per model row),
+runs.csv (one row per run), tradeoff.png (reconstruction vs editability, the study's numbers as stars)
+and, where wandb is installed, an offline W&B run in OUT_DIR/wandb with the same tables and plot.
+Mean and spread are over runs: mean and sample standard deviation of each run's final evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from textinv.cli import exit_on_user_error
+from textinv.results import (aggregate, comparability_warnings, load_runs, log_wandb, run_csv_rows,
+                             table1_markdown, table_csv_rows, tradeoff_plot, write_csv)
+from textinv.atomic import atomic_write_text
+
+log = logging.getLogger("textinv.table")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or sweep folders")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--no-wandb", action="store_true", help="do not log a W&B table")
+    p.add_argument("--include-unfinished", action="store_true",
+                   help="also use runs without run.json (their latest evaluation)")
+    return p.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    runs = load_runs(args.runs, include_unfinished=args.include_unfinished)
+    warnings = comparability_warnings(runs)
+    for w in warnings:
+        log.warning(w)
+    rows = aggregate(runs)
+    out: Path = args.out
+    table_rows, run_rows = table_csv_rows(rows), run_csv_rows(runs)
+    files = {
+        "table.md": atomic_write_text(out / "table.md", table1_markdown(rows, runs, warnings)),
+        "table.csv": write_csv(out / "table.csv", table_rows),
+        "runs.csv": write_csv(out / "runs.csv", run_rows),
+        "tradeoff.png": tradeoff_plot(out / "tradeoff.png", runs, rows),
+    }
+    if not args.no_wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            log.info("wandb is not installed: no W&B table")
+        else:
+            try:
+                files["wandb"] = log_wandb(out, table_rows, run_rows, files["tradeoff.png"])
+            except Exception as err:  # the table is already on disk; W&B trouble must not lose it
+                log.warning("W&B logging failed (%s); the table files are written", err)
+    print((out / "table.md").read_text().split("\n## Runs")[0].rstrip())
+    print(f"\nwrote {', '.join(str(f) for f in files.values() if f)}")
+    return files
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    main()

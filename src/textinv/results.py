@@ -1,0 +1,448 @@
+"""Finished runs -> tables: read `eval/metrics.json` of many run directories and aggregate them.
+
+Shared by `experiments/table.py` (the study's Table 1: rows SD and SD + TI) and `experiments/figures.py`,
+and meant for later sweep tables too: `aggregate(runs, key=...)` groups by any function of a run, and
+`RunResult.get("lr")` / `RunResult.get("module.optim.schedule")` read the metrics header first and the
+run's resolved `config.yaml` second.
+
+A run directory is any folder holding `eval/metrics.json` (written by every training run that
+evaluates, and by `baseline=true` runs); `run.json` beside it marks the run finished. Each run
+contributes its **final** evaluation (the last one in `metrics.json`). Mean and spread are over
+runs: the mean, and the sample standard deviation (n - 1 in the denominator), of the per-run finals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .atomic import atomic_write_text
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = Path("eval") / "metrics.json"
+FINISHED_MARKER = "run.json"
+BASELINE_ROW, TI_ROW = "SD", "SD + TI"
+ROW_ORDER = (BASELINE_ROW, TI_ROW)
+
+# The study's Table 1 (CLIP-based, higher is better for both).
+STUDY_TABLE = {
+    BASELINE_ROW: {"reconstruction": 0.7622, "editability": 0.2639},
+    TI_ROW: {"reconstruction": 0.8077, "editability": 0.1611},
+}
+
+# Table column -> key in an evaluation record of metrics.json.
+TABLE_METRICS = {"reconstruction": "reconstruction", "editability": "editability", "fid": "fid",
+                 "kid": "kid_mean", "is": "is_mean"}
+METRIC_LABELS = {"reconstruction": "Reconstruction", "editability": "Editability", "fid": "FID", "kid": "KID",
+                 "is": "IS"}
+# Settings that must agree for runs to be compared in one table.
+COMPARABLE_SETTINGS = ("num_images", "sampler_steps", "guidance_scale", "scheduler", "seed", "negative_prompt",
+                       "resolution", "clip", "fid", "reconstruction_prompt")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    header: dict  # concept, kind, placeholder, initializer, baseline, model, seed, lr, steps, num_vectors, settings
+    evaluations: list[dict]
+    finished: bool
+    _config: dict | None = field(default=None, repr=False)
+
+    @property
+    def baseline(self) -> bool:
+        return bool(self.header.get("baseline"))
+
+    @property
+    def row(self) -> str:
+        return BASELINE_ROW if self.baseline else TI_ROW
+
+    @property
+    def final(self) -> dict:
+        return self.evaluations[-1]
+
+    @property
+    def concept(self) -> str:
+        return str(self.header.get("concept"))
+
+    @property
+    def seed(self):
+        return self.header.get("seed")
+
+    @property
+    def model(self) -> str:
+        return str(self.header.get("model"))
+
+    @property
+    def settings(self) -> dict:
+        return self.header.get("settings") or {}
+
+    @property
+    def word(self) -> str:
+        """What stands in for {} in the prompts: the initializer word (baseline) or the learned token."""
+        return str(self.header.get("initializer") if self.baseline else self.header.get("placeholder"))
+
+    def value(self, key: str, evaluation: dict | None = None) -> float | None:
+        """A finite number from an evaluation record (the final one by default), else None."""
+        v = (self.final if evaluation is None else evaluation).get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        return float(v)
+
+    @property
+    def config(self) -> dict:
+        if self._config is None:
+            path = self.run_dir / "config.yaml"
+            if path.is_file():
+                from omegaconf import OmegaConf
+
+                self._config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            else:
+                self._config = {}
+        return self._config
+
+    def get(self, key: str, default=None):
+        """A header field (`lr`, `seed`, `initializer`, ...), else a dotted key of the run's config.yaml."""
+        if key in self.header:
+            return self.header[key]
+        node = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    # --- images --------------------------------------------------------------------------------
+    def evaluation_at(self, step: int) -> dict | None:
+        return next((e for e in self.evaluations if e.get("step") == step), None)
+
+    def image_steps(self) -> list[int]:
+        """Training steps with an image folder (eval/images/stepNNNNNN), ascending."""
+        root = self.run_dir / "eval" / "images"
+        steps = []
+        for d in root.glob("step*") if root.is_dir() else []:
+            if d.is_dir() and d.name[4:].isdigit():
+                steps.append(int(d.name[4:]))
+        return sorted(steps)
+
+    def images_dir(self, step: int | None = None) -> Path:
+        """The baseline's image folder, or a TI run's folder of `step` (default: its final evaluation)."""
+        root = self.run_dir / "eval" / "images"
+        if self.baseline:
+            return root / "baseline"
+        if step is None:
+            step = self.final.get("step")
+            if not (root / f"step{step:06d}").is_dir() and self.image_steps():
+                step = self.image_steps()[-1]
+        return root / f"step{step:06d}"
+
+    def templates(self, folder: Path) -> list[str]:
+        """The prompt templates of an image folder (prompts.json; p00 = the reconstruction prompt)."""
+        path = folder / "prompts.json"
+        try:
+            templates = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{folder} has no prompts.json; is it an eval/images folder of a run?") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{path} is not valid JSON ({err})") from None
+        if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
+            raise UserError(f"{path} should be a list of prompt templates")
+        return templates
+
+    def prompt_text(self, p: int, template: str, evaluation: dict | None = None) -> str:
+        """Prompt p as generated (from metrics.json where recorded, else the template with the run's word)."""
+        per_prompt = (evaluation or self.final).get("per_prompt") or []
+        if p < len(per_prompt) and per_prompt[p].get("template") == template and per_prompt[p].get("prompt"):
+            return str(per_prompt[p]["prompt"])
+        return template.replace("{}", self.word)
+
+    @staticmethod
+    def image_files(folder: Path, p: int) -> list[Path]:
+        """Images of prompt p in a folder, in seed order (pNN-KKK.png, image k from seed eval.seed + k)."""
+        files = sorted(folder.glob(f"p{p:02d}-*.png"))
+        return [f for f in files if f.stem[4:].isdigit()]
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Each path is a run directory or a folder (a Hydra multirun/sweep) holding run directories below it."""
+    found: dict[Path, None] = {}
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise UserError(f"{raw}: no such file or directory; give run directories or a sweep folder")
+        if not path.is_dir():
+            raise UserError(f"{raw} is not a directory; give run directories (holding {METRICS_FILE}) or a sweep folder")
+        if (path / METRICS_FILE).is_file():
+            hits = [path]
+        else:
+            hits = sorted(m.parent.parent for m in path.rglob("metrics.json")
+                          if m.parent.name == "eval" and m.is_file())
+        if not hits:
+            raise UserError(f"{raw} holds no run with {METRICS_FILE} (runs need evaluation on: not eval=off); "
+                            "give a run directory or a sweep folder")
+        for hit in hits:
+            found.setdefault(hit.resolve(), None)
+    return list(found)
+
+
+def load_run(run_dir: str | Path) -> RunResult:
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} has no {METRICS_FILE}; was it run with evaluation on?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); re-run its evaluation or leave the run out") from None
+    evaluations = data.get("evaluations") if isinstance(data, dict) else None
+    if not evaluations:
+        raise UserError(f"{path} holds no evaluation yet; let the run reach its first evaluation or leave it out")
+    header = {k: v for k, v in data.items() if k not in ("evaluations", "final")}
+    return RunResult(run_dir, header, evaluations, (run_dir / FINISHED_MARKER).is_file())
+
+
+def load_runs(paths: Iterable[str | Path], include_unfinished: bool = False) -> list[RunResult]:
+    """Every run below `paths`; unfinished ones (no run.json) are left out with a warning unless asked for."""
+    runs = [load_run(d) for d in find_run_dirs(paths)]
+    unfinished = [r for r in runs if not r.finished]
+    if unfinished and not include_unfinished:
+        log.warning("leaving out %d unfinished run(s) (no %s; --include-unfinished uses their latest evaluation): %s",
+                    len(unfinished), FINISHED_MARKER, ", ".join(str(r.run_dir) for r in unfinished[:5]))
+        runs = [r for r in runs if r.finished]
+    if not runs:
+        raise UserError("no finished runs to tabulate (all lack run.json); wait for them or pass --include-unfinished")
+    return runs
+
+
+# --- aggregation ---------------------------------------------------------------------------------
+@dataclass
+class Stat:
+    mean: float | None
+    std: float | None  # sample standard deviation over runs (n - 1); None with fewer than two values
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> "Stat":
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return cls(None, None, 0)
+        return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
+
+
+def row_key(run: RunResult) -> str:
+    return run.row
+
+
+def aggregate(runs: Sequence[RunResult], key: Callable[[RunResult], object] = row_key,
+              metrics: dict[str, str] = TABLE_METRICS, order: Sequence = ROW_ORDER) -> list[dict]:
+    """One dict per group: label, counts (runs, concepts, seeds, images), a `Stat` per metric, the runs."""
+    groups: dict[object, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(key(run), []).append(run)
+    labels = [k for k in order if k in groups] + sorted((k for k in groups if k not in order), key=str)
+    rows = []
+    for label in labels:
+        members = groups[label]
+        rows.append({
+            "label": label, "runs": members, "num_runs": len(members),
+            "concepts": len({r.concept for r in members}), "seeds": len({r.seed for r in members}),
+            "images": sum(int(r.final.get("num_images") or 0) for r in members),
+            "stats": {name: Stat.of([r.value(k) for r in members]) for name, k in metrics.items()},
+        })
+    return rows
+
+
+def comparability_warnings(runs: Sequence[RunResult]) -> list[str]:
+    """Settings that differ between runs (their figures are then not comparable in one table)."""
+    out = []
+    models = sorted({r.model for r in runs})
+    if len(models) > 1:
+        out.append(f"runs use different models: {', '.join(models)}")
+    for key in COMPARABLE_SETTINGS:
+        values = {json.dumps(r.settings.get(key), sort_keys=True) for r in runs}
+        if len(values) > 1:
+            out.append(f"runs differ in eval setting {key}: {', '.join(sorted(values))}")
+    return out
+
+
+# --- output --------------------------------------------------------------------------------------
+def fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_stat(s: Stat, digits: int = 4) -> str:
+    if s.mean is None:
+        return "n/a"
+    return fmt(s.mean, digits) if s.std is None else f"{fmt(s.mean, digits)} ± {fmt(s.std, digits)}"
+
+
+def table_csv_rows(rows: Sequence[dict]) -> list[dict]:
+    """Flat rows for table.csv: full precision; empty cells where a value is undefined."""
+    out = []
+    for row in rows:
+        flat = {"model": row["label"], "runs": row["num_runs"], "concepts": row["concepts"], "seeds": row["seeds"],
+                "images": row["images"]}
+        for name, s in row["stats"].items():
+            flat.update({f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_n": s.n})
+        out.append(flat)
+    return out
+
+
+def run_csv_rows(runs: Sequence[RunResult]) -> list[dict]:
+    """One flat row per run (its final evaluation): what a sweep table groups further."""
+    out = []
+    for r in sorted(runs, key=lambda r: (ROW_ORDER.index(r.row), r.concept, str(r.seed), str(r.run_dir))):
+        out.append({"model": r.row, "concept": r.concept, "initializer": r.header.get("initializer"),
+                    "seed": r.seed, "lr": r.header.get("lr"), "steps": r.header.get("steps"),
+                    "num_vectors": r.header.get("num_vectors"), "base_model": r.model,
+                    "step": r.final.get("step"), "num_images": r.final.get("num_images"),
+                    **{name: r.value(k) for name, k in TABLE_METRICS.items()},
+                    "finished": r.finished, "run_dir": str(r.run_dir)})
+    return out
+
+
+def to_csv(rows: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
+    return atomic_write_text(path, to_csv(rows))
+
+
+def markdown_table(header: Sequence[str], body: Iterable[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def describe_settings(runs: Sequence[RunResult]) -> str:
+    s = runs[0].settings
+    clip = s.get("clip") or {}
+    fid = s.get("fid") or {}
+    parts = [f"model {', '.join(sorted({r.model for r in runs}))}",
+             f"{str(s.get('scheduler', '?')).upper()} {s.get('sampler_steps', '?')} steps",
+             f"guidance {s.get('guidance_scale', '?')}", f"{s.get('num_images', '?')} images per prompt",
+             f"eval seeds {s.get('seed', '?')}+k", f"CLIP {clip.get('arch', '?')} ({clip.get('weights', '?')})"]
+    if fid.get("enabled"):
+        parts.append(f"Inception feature {fid.get('feature', '?')} ({fid.get('weights') or 'torch hub cache'})")
+    return ", ".join(parts)
+
+
+def table1_markdown(rows: Sequence[dict], runs: Sequence[RunResult], warnings: Sequence[str] = ()) -> str:
+    names = list(TABLE_METRICS)
+    body = [[row["label"], *(fmt_stat(row["stats"][n]) for n in names), row["num_runs"], row["concepts"],
+             row["seeds"], row["images"]] for row in rows]
+    text = ["# Table 1: reconstruction vs editability", "",
+            markdown_table(["Model", *(METRIC_LABELS[n] for n in names), "Runs", "Concepts", "Seeds", "Images"], body),
+            "",
+            "Mean ± sample standard deviation (n - 1) **over runs** (one run = one concept x seed; each run's final "
+            "evaluation); no ± where a row has one run, n/a where no run has the metric. "
+            "Reconstruction: CLIP-I, mean cosine over all (training image, generated image) pairs for the "
+            "reconstruction prompt. Editability: CLIP-T, text without the placeholder vs its images, averaged "
+            "over the editability prompts. Higher is better for both. FID/KID: reconstruction images vs the "
+            "training images; IS: all images. SD = vanilla model with the initializer word; SD + TI = the "
+            "learned token. Images = generated images scored, summed over runs.", "",
+            f"Settings: {describe_settings(runs)}."]
+    if any(r.final.get("fid_biased") for r in runs):
+        text += ["", "FID/KID are biased here: fewer samples than Inception feature dimensions (few-shot sets)."]
+    if any((r.settings.get("clip") or {}).get("weights") == "random" for r in runs):
+        text += ["", "**CLIP with random weights (demo/tests): these numbers mean nothing.**"]
+    for w in warnings:
+        text += ["", f"Warning: {w}."]
+    text += ["", "Reported in the study: " + "; ".join(
+        f"{label} {v['reconstruction']:.4f} / {v['editability']:.4f}" for label, v in STUDY_TABLE.items())
+        + " (reconstruction / editability).", "", "## Runs", ""]
+    per_run = run_csv_rows(runs)
+    text.append(markdown_table(
+        ["Model", "Concept", "Seed", "Step", *(METRIC_LABELS[n] for n in names), "Run"],
+        [[r["model"], r["concept"], r["seed"], r["step"], *(fmt(r[n]) for n in names),
+          f"`{r['run_dir']}`" + ("" if r["finished"] else " (unfinished)")] for r in per_run]))
+    return "\n".join(text) + "\n"
+
+
+def tradeoff_plot(path: str | Path, runs: Sequence[RunResult], rows: Sequence[dict],
+                  reference: dict = STUDY_TABLE) -> Path:
+    """Reconstruction (y) vs editability (x): one point per run, coloured by row; row means with
+    their spread as error bars; the study's reported numbers as star markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {BASELINE_ROW: "tab:blue", TI_ROW: "tab:orange"}
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=120)
+    try:
+        for row in rows:
+            colour = colours.get(row["label"], None)
+            pts = [(r.value("editability"), r.value("reconstruction")) for r in row["runs"]]
+            pts = [p for p in pts if None not in p]
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, alpha=0.6, s=28,
+                           label=f"{row['label']} runs (n={len(pts)})")
+            e, c = row["stats"]["editability"], row["stats"]["reconstruction"]
+            if e.mean is not None and c.mean is not None:
+                ax.errorbar([e.mean], [c.mean], xerr=[e.std or 0], yerr=[c.std or 0], fmt="o", ms=9, color=colour,
+                            markeredgecolor="black", capsize=4, label=f"{row['label']} mean ± std over runs")
+        if len(runs) <= 20:
+            for r in runs:
+                x, y = r.value("editability"), r.value("reconstruction")
+                if x is not None and y is not None:
+                    ax.annotate(f"{r.concept}/s{r.seed}", (x, y), fontsize=6, alpha=0.7, xytext=(3, 3),
+                                textcoords="offset points")
+        for label, v in reference.items():
+            ax.scatter([v["editability"]], [v["reconstruction"]], marker="*", s=220, color=colours.get(label),
+                       edgecolor="black", linewidth=0.8, zorder=5, label=f"{label} (study)")
+        ax.set_xlabel("Editability (CLIP-T, higher is better)")
+        ax.set_ylabel("Reconstruction (CLIP-I, higher is better)")
+        ax.set_title("Reconstruction vs editability")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        from .atomic import atomic_write
+
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def log_wandb(out_dir: Path, table_rows: Sequence[dict], run_rows: Sequence[dict], plot: Path | None,
+              project: str = "textinv", name: str = "table1") -> Path | None:
+    """An offline (unless WANDB_MODE says otherwise) W&B run in `out_dir` with both tables and the plot."""
+    import os
+
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE", "offline")
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", project), dir=str(out_dir), mode=mode,
+                     job_type="table", name=name, config={"runs": [r["run_dir"] for r in run_rows]},
+                     settings=wandb.Settings(silent=True))
+    try:
+        def table(rows):
+            cols = list(rows[0]) if rows else []
+            return wandb.Table(columns=cols, data=[[row[c] for c in cols] for row in rows])
+
+        payload = {"table1": table(table_rows), "runs": table(run_rows)}
+        if plot is not None:
+            payload["tradeoff"] = wandb.Image(str(plot))
+        run.log(payload)
+        for row in table_rows:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and v is not None:
+                    run.summary[f"{row['model']}/{k}"] = v
+        return Path(run.dir).parent if run.dir else None
+    finally:
+        run.finish()
