@@ -15,9 +15,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The demo: the SD row (baseline=true) and the SD + TI row of the built-in concept on the tiny model, then
+# the table, its plot and the figures, all under one folder.
+DEMO_DIR ?= outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
+
 demo: install
-	$(PY) train.py experiment=demo hydra.run.dir=outputs/demo/latest_$$(date +%Y%m%d_%H%M%S)
-	@echo "outputs: $$(ls -td outputs/demo/*/ | head -1)"
+	$(PY) train.py experiment=demo baseline=true hydra.run.dir=$(DEMO_DIR)/baseline
+	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/ti
+	$(PY) experiments/table.py $(DEMO_DIR) --out $(DEMO_DIR)/table
+	$(PY) experiments/figures.py compare --baseline $(DEMO_DIR)/baseline --ti $(DEMO_DIR)/ti --out $(DEMO_DIR)/figures/compare
+	$(PY) experiments/figures.py steps --run $(DEMO_DIR)/ti --baseline $(DEMO_DIR)/baseline --out $(DEMO_DIR)/figures/steps
+	@echo
+	@echo "demo outputs in $(DEMO_DIR)/:"
+	@echo "  ti/learned_embeds.safetensors, ti/<demo-toy>.pt   the learned embedding (diffusers, AUTOMATIC1111)"
+	@echo "  ti/eval/, baseline/eval/                          metrics.json and generated images per evaluation"
+	@echo "  table/table.md, table/table.csv, table/tradeoff.png  the reconstruction/editability table and plot"
+	@echo "  figures/compare/grid.png, figures/steps/steps.png  SD vs SD + TI, and the concept across steps"
+	@echo "(random CLIP/Inception weights offline: the numbers exercise the pipeline, they mean nothing)"
 
 test: install
 	$(PY) -m pytest -q

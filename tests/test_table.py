@@ -40,7 +40,7 @@ def runs(tmp_path_factory, demo_images):
     cache = root / "baseline_cache"
     base, ti = root / "sweep" / "baseline", root / "sweep" / "ti"
     train(compose(*tiny_overrides(base, demo_images, 4, *EVAL, f"eval.baseline_cache='{cache}'", "baseline=true")))
-    train(compose(*tiny_overrides(ti, demo_images, 5, *EVAL, f"eval.baseline_cache='{cache}'")))
+    train(compose(*tiny_overrides(ti, demo_images, 5, *EVAL, f"eval.baseline_cache='{cache}'", "eval.at_steps=[0]")))
     return base, ti
 
 
@@ -132,6 +132,22 @@ def test_table_cli_logs_an_offline_wandb_table(runs, tmp_path):
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
 
 
+def test_step_zero_reproduces_the_baseline_row(runs):
+    """Before any update the placeholder holds the initializer word's vector: same prompts, same seeds, so the
+    TI run's step-0 images are the baseline's images, pixel for pixel, and score the same."""
+    base, ti = runs
+    base_dir, step0 = base / "eval/images/baseline", ti / "eval/images/step000000"
+    files = sorted(p.name for p in base_dir.glob("p*.png"))
+    assert files and files == sorted(p.name for p in step0.glob("p*.png"))
+    for name in files:
+        with Image.open(base_dir / name) as a, Image.open(step0 / name) as b:
+            assert a.tobytes() == b.tobytes(), name
+    first, baseline = metrics(ti)["evaluations"][0], metrics(base)["final"]
+    assert first["step"] == 0
+    for key in ("reconstruction", "editability", "fid"):
+        assert first[key] == pytest.approx(baseline[key], abs=1e-6), key
+
+
 def test_compare_figure_pairs_same_prompt_and_seed(runs, tmp_path):
     base, ti = runs
     out = tmp_path / "compare"
@@ -164,13 +180,13 @@ def test_compare_figure_pairs_same_prompt_and_seed(runs, tmp_path):
 def test_steps_figure_rows_are_evaluated_steps(runs, tmp_path):
     base, ti = runs
     summary = figures.main(["steps", "--run", str(ti), "--out", str(tmp_path / "s"), "--cell", "48"])
-    assert summary["steps"] == [2, 4, 5] and summary["images"] == 2
+    assert summary["steps"] == [0, 2, 4, 5] and summary["images"] == 2
     data = metrics(ti)
     for row, ev in zip(summary["rows"], data["evaluations"]):
         assert row["label"] == [f"step {ev['step']}", f"recon {ev['reconstruction']:.4f}",
                                 f"edit {ev['editability']:.4f}"]
     with Image.open(tmp_path / "s" / "steps.png") as im:
-        assert im.size == figures.steps_size(2, 3, 48, 48)
+        assert im.size == figures.steps_size(2, 4, 48, 48)
     # with the baseline as the first row, only the last step, and one image per row
     summary = figures.main(["steps", "--run", str(ti), "--out", str(tmp_path / "b"), "--baseline", str(base),
                             "--only-steps", "4", "--images", "1"])
@@ -197,7 +213,7 @@ def test_table_bad_input_is_one_line_exit_2(runs, tmp_path, case):
 
 @pytest.mark.parametrize("argv, message", [
     (["compare", "--baseline", "{ti}", "--ti", "{base}"], "swap"),
-    (["compare", "--baseline", "{base}", "--ti", "{ti}", "--step", "3"], "has images at steps [2, 4, 5]"),
+    (["compare", "--baseline", "{base}", "--ti", "{ti}", "--step", "3"], "has images at steps [0, 2, 4, 5]"),
     (["steps", "--run", "{base}"], "baseline=true run"),
     (["steps", "--run", "{ti}", "--prompt", "9"], "--prompt 9"),
     (["steps", "--run", "{ti}", "--only-steps", "7"], "--only-steps [7]"),
