@@ -246,3 +246,52 @@ def test_slurm_launcher_gives_one_task_and_gpu_per_rank_and_requeues(tmp_path, m
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--signal=USR2@120"):
         assert f"#SBATCH {line}" in sbatch
     assert "srun " in sbatch
+
+
+# --- W&B sweep files (sweeps/) ------------------------------------------------------------------
+WANDB_SWEEPS = sorted((CONF.parent / "sweeps").glob("wandb_*.yaml"))
+
+
+def wandb_agent_argv(spec: dict, values: dict, run_id: str) -> list[str]:
+    """The overrides `wandb agent` passes to train.py for one point, built with W&B's own helpers."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_RUN_ID", run_id)
+        command = create_sweep_command(list(spec["command"]))
+    assert command[:3] == ["${env}", "${interpreter}", "${program}"]
+    argv = []
+    for chunk in command[3:]:
+        argv += macros[chunk[2:-1]] if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    return argv
+
+
+def test_wandb_sweep_files_exist():
+    assert {p.stem for p in WANDB_SWEEPS} >= {"wandb_lr", "wandb_seed", "wandb_init"}
+
+
+@pytest.mark.parametrize("path", WANDB_SWEEPS, ids=lambda p: p.stem)
+def test_wandb_sweep_points_compose_into_their_own_online_run_folders(path):
+    import itertools
+
+    import yaml
+
+    spec = yaml.safe_load(path.read_text())
+    assert (CONF.parent / spec["program"]).is_file() and spec["method"] in ("grid", "random")
+    choices = {k: [p["value"]] if "value" in p else p.get("values") or [p["min"], p["max"]]
+               for k, p in spec["parameters"].items()}
+    for combo in itertools.islice(itertools.product(*choices.values()), 8):  # a random search: its corners
+        values = dict(zip(choices, combo))
+        cfg = compose_hydra(*wandb_agent_argv(spec, values, "run42"))
+        for key, value in values.items():
+            actual = cfg.concept.name if key == "concept" else cfg[key]
+            assert actual == pytest.approx(value) if isinstance(value, float) else actual == value, key
+        assert cfg.logger.wandb.offline is False
+        assert cfg.hydra.run.dir == f"outputs/wandb_sweeps/{spec['name']}/run42"
+    hydra_twin = CONF / "sweep" / f"{path.stem.removeprefix('wandb_')}.yaml"
+    if hydra_twin.is_file():  # the same points as the Hydra sweep of that name
+        params = OmegaConf.load(hydra_twin).hydra.sweeper.params
+        for key, values in choices.items():
+            expected = str(params[key]).split(",")
+            assert values == [type(v)(e) for v, e in zip(values, expected)] and len(values) == len(expected), key
