@@ -209,7 +209,17 @@ def test_ddp_two_cpu_ranks_agree_and_match_one_process_with_the_same_effective_b
         written | {Path("train.log"), Path("train_ddp_rank1.log")})
 
 
-# --- cluster launchers ------------------------------------------------------------------------------
+# --- launchers -------------------------------------------------------------------------------------
+def test_joblib_launcher_runs_points_in_parallel_processes(tmp_path, demo_images):
+    sweep_dir = tmp_path / "joblib"
+    proc = run_script("train.py", *sweep_args(sweep_dir, demo_images, "sweep=seed", "seed=3,4", "steps=2",
+                                              "logger=csv", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+                      timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    vectors = [embedding(sweep_dir / f"concept=demo,seed={seed}") for seed in (3, 4)]
+    assert (vectors[0] - vectors[1]).abs().max() > 0  # two points, two seeds, two embeddings
+
+
 def test_submitit_local_launcher_runs_two_points(tmp_path, demo_images):
     sweep_dir = tmp_path / "submitit"
     proc = run_script("train.py", *sweep_args(sweep_dir, demo_images, "sweep=lr", "lr=1e-3,2e-3", "steps=2",
