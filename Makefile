@@ -42,7 +42,7 @@ bench: install
 clean:
 	rm -rf outputs multirun .pytest_cache
 
-# Sweeps (conf/sweep/): one folder per point under outputs/sweeps/<name>/; re-running skips finished points and
+# Sweeps (sweeps/*.yaml): one folder per point under outputs/sweeps/<name>/; re-running skips finished points and
 # resumes unfinished ones. Extra overrides via ARGS, e.g. make sweep-lr ARGS="hydra/launcher=slurm trainer=ddp trainer.devices=4"
 .PHONY: sweep-lr sweep-seed sweep-init sweep-steps sweep-table
 

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from textinv.cli import check_output_dir_override, exit_on_user_error, reject_conflicting_overrides
 from textinv.run import train
-from textinv.sweeps import sweep_job
+from textinv.sweeps import collapse_steps_sweep, sweep_job
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -20,4 +20,5 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     reject_conflicting_overrides(sys.argv[1:])
     check_output_dir_override(sys.argv[1:])
+    sys.argv[1:] = collapse_steps_sweep(sys.argv[1:])  # steps=a,b,c: one run evaluated at a, b and c
     main()

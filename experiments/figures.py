@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from textinv.atomic import atomic_write, atomic_write_text
 from textinv.cli import exit_on_user_error
 from textinv.errors import UserError
+from textinv.report import fmt
 from textinv.results import BASELINE_ROW, TI_ROW, RunResult, find_run_dirs, load_run
 
 log = logging.getLogger("textinv.figures")
@@ -275,10 +276,6 @@ def steps_figure(run_path: str, out: Path, images: int = 4, cell: int = 128, pro
                                                                   zip(sources, rows)]}
     atomic_write_text(out / "steps.json", json.dumps(summary, indent=2))
     return summary
-
-
-def fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
 
 
 # --- command line ------------------------------------------------------------------------------------

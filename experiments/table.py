@@ -16,10 +16,10 @@ import logging
 import sys
 from pathlib import Path
 
-from textinv.cli import exit_on_user_error
-from textinv.results import (aggregate, comparability_warnings, load_runs, log_wandb, run_csv_rows,
-                             table1_markdown, table_csv_rows, tradeoff_plot, write_csv)
 from textinv.atomic import atomic_write_text
+from textinv.cli import exit_on_user_error
+from textinv.report import log_wandb, run_csv_rows, table1_markdown, table_csv_rows, tradeoff_plot, write_csv
+from textinv.results import aggregate, comparability_warnings, load_runs
 
 log = logging.getLogger("textinv.table")
 
@@ -52,15 +52,8 @@ def main(argv=None) -> dict:
         "tradeoff.png": tradeoff_plot(out / "tradeoff.png", runs, rows),
     }
     if not args.no_wandb:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            log.info("wandb is not installed: no W&B table")
-        else:
-            try:
-                files["wandb"] = log_wandb(out, table_rows, run_rows, files["tradeoff.png"])
-            except Exception as err:  # the table is already on disk; W&B trouble must not lose it
-                log.warning("W&B logging failed (%s); the table files are written", err)
+        files["wandb"] = log_wandb(out, {"table1": table_rows, "runs": run_rows}, {"tradeoff": files["tradeoff.png"]},
+                                   name="table1")
     print((out / "table.md").read_text().split("\n## Runs")[0].rstrip())
     print(f"\nwrote {', '.join(str(f) for f in files.values() if f)}")
     return files

@@ -63,6 +63,16 @@ def run_script(script: str, *args: str, timeout: int = 300, **kw) -> subprocess.
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def load_script(name: str):
+    """experiments/<name>.py as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def embedding(run_dir: Path):
     from safetensors.torch import load_file
 

@@ -1,4 +1,4 @@
-"""Sweeps (conf/sweep/), skipping finished points, W&B fields per point, DDP on CPU, and cluster launchers."""
+"""Sweeps (sweeps/), skipping finished points, W&B fields per point, DDP on CPU, and cluster launchers."""
 
 from __future__ import annotations
 
@@ -209,6 +209,32 @@ def test_ddp_two_cpu_ranks_agree_and_match_one_process_with_the_same_effective_b
         written | {Path("train.log"), Path("train_ddp_rank1.log")})
 
 
+# --- a steps sweep on the command line ----------------------------------------------------------------
+def test_a_command_line_steps_sweep_is_one_run_snapshotted_at_each_step(tmp_path, demo_images, reference_run):
+    sweep_dir = tmp_path / "steps"
+    args = [a for a in tiny_overrides(tmp_path, demo_images) if not a.startswith(("run_dir=", "steps="))]
+    proc = run_script("train.py", "-m", "steps=3,6", *args, f"hydra.sweep.dir='{sweep_dir}'",
+                      "hydra.sweep.subdir=point${steps}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "steps sweep 3,6: one run per point to step 6" in proc.stderr
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["point6"]  # one run, not two
+    run = sweep_dir / "point6"
+    snapshots = {p.name for p in (run / "snapshots").glob("*.safetensors")}
+    assert {"learned_embeds-step000003.safetensors", "learned_embeds-step000006.safetensors"} <= snapshots
+    config = OmegaConf.load(run / "config.yaml")
+    assert list(config.eval.at_steps) == [3, 6] and list(config.callbacks.embedding_writer.at_steps) == [3, 6]
+    # the extra snapshot and evaluation steps change nothing in training: the same embedding as a plain 6-step run
+    assert torch.equal(embedding(run), embedding(reference_run))
+
+
+def test_a_steps_sweep_and_explicit_evaluation_steps_conflict(tmp_path):
+    proc = run_script("train.py", "-m", "steps=3,6", "eval.at_steps=[1]", f"hydra.sweep.dir='{tmp_path / 's'}'",
+                      timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "eval.at_steps=[1] and a steps sweep" in lines[0]
+    assert not (tmp_path / "s").exists()
+
+
 # --- launchers -------------------------------------------------------------------------------------
 def test_joblib_launcher_runs_points_in_parallel_processes(tmp_path, demo_images):
     sweep_dir = tmp_path / "joblib"
@@ -259,7 +285,7 @@ def test_slurm_launcher_gives_one_task_and_gpu_per_rank_and_requeues(tmp_path, m
 
 
 # --- W&B sweep files (sweeps/) ------------------------------------------------------------------
-WANDB_SWEEPS = sorted((CONF.parent / "sweeps").glob("wandb_*.yaml"))
+WANDB_SWEEPS = sorted((CONF.parent / "sweeps" / "wandb").glob("*.yaml"))
 
 
 def wandb_agent_argv(spec: dict, values: dict, run_id: str) -> list[str]:
@@ -278,7 +304,7 @@ def wandb_agent_argv(spec: dict, values: dict, run_id: str) -> list[str]:
 
 
 def test_wandb_sweep_files_exist():
-    assert {p.stem for p in WANDB_SWEEPS} >= {"wandb_lr", "wandb_seed", "wandb_init"}
+    assert {p.stem for p in WANDB_SWEEPS} >= {"lr", "seed", "init"}
 
 
 @pytest.mark.parametrize("path", WANDB_SWEEPS, ids=lambda p: p.stem)
@@ -299,7 +325,7 @@ def test_wandb_sweep_points_compose_into_their_own_online_run_folders(path):
             assert actual == pytest.approx(value) if isinstance(value, float) else actual == value, key
         assert cfg.logger.wandb.offline is False
         assert cfg.hydra.run.dir == f"outputs/wandb_sweeps/{spec['name']}/run42"
-    hydra_twin = CONF / "sweep" / f"{path.stem.removeprefix('wandb_')}.yaml"
+    hydra_twin = CONF.parent / "sweeps" / path.name
     if hydra_twin.is_file():  # the same points as the Hydra sweep of that name
         params = OmegaConf.load(hydra_twin).hydra.sweeper.params
         for key, values in choices.items():

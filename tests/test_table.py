@@ -4,7 +4,6 @@ tiny model (through textinv.run.train), checked against the runs' own eval/metri
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import statistics
@@ -12,19 +11,12 @@ import statistics
 import pytest
 from PIL import Image
 
-from conftest import ROOT, compose, run_script, tiny_overrides
+from conftest import compose, load_script, run_script, tiny_overrides
 
 EVAL = ["trainer.log_every_n_steps=1", "eval.enabled=true", "eval.every_n_steps=2", "eval.num_images=2", "eval.sampler_steps=3", "eval.clip.weights=random",
         "eval.fid.weights=random"]
 KEYS = {"reconstruction": "reconstruction", "editability": "editability", "fid": "fid", "kid": "kid_mean",
         "is": "is_mean"}
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 table = load_script("table")

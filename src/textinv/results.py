@@ -1,7 +1,7 @@
 """Finished runs -> tables: read `eval/metrics.json` of many run directories and aggregate them.
 
-Shared by `experiments/table.py` (the study's Table 1: rows SD and SD + TI) and `experiments/figures.py`,
-and meant for later sweep tables too: `aggregate(runs, key=...)` groups by any function of a run, and
+Shared by `experiments/table.py` (the study's Table 1: rows SD and SD + TI, written by textinv.report) and
+`experiments/figures.py`, and meant for later sweep tables too: `aggregate(runs, key=...)` groups by any function of a run, and
 `RunResult.get("lr")` / `RunResult.get("module.optim.schedule")` read the metrics header first and the
 run's resolved `config.yaml` second.
 
@@ -13,8 +13,6 @@ runs: the mean, and the sample standard deviation (n - 1 in the denominator), of
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -23,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .atomic import atomic_write_text
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -47,6 +44,16 @@ METRIC_LABELS = {"reconstruction": "Reconstruction", "editability": "Editability
 # Settings that must agree for runs to be compared in one table.
 COMPARABLE_SETTINGS = ("num_images", "sampler_steps", "guidance_scale", "scheduler", "seed", "negative_prompt",
                        "resolution", "clip", "fid", "reconstruction_prompt")
+
+
+def read_json(path: Path, missing: str, fix: str = ""):
+    """A JSON file of a run; a missing or unreadable one is a UserError (`missing`, or invalid JSON + `fix`)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}){fix}") from None
 
 
 @dataclass
@@ -147,12 +154,7 @@ class RunResult:
     def templates(self, folder: Path) -> list[str]:
         """The prompt templates of an image folder (prompts.json; p00 = the reconstruction prompt)."""
         path = folder / "prompts.json"
-        try:
-            templates = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{folder} has no prompts.json; is it an eval/images folder of a run?") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{path} is not valid JSON ({err})") from None
+        templates = read_json(path, missing=f"{folder} has no prompts.json; is it an eval/images folder of a run?")
         if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
             raise UserError(f"{path} should be a list of prompt templates")
         return templates
@@ -196,12 +198,8 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
 def load_run(run_dir: str | Path) -> RunResult:
     run_dir = Path(run_dir)
     path = run_dir / METRICS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{run_dir} has no {METRICS_FILE}; was it run with evaluation on?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}); re-run its evaluation or leave the run out") from None
+    data = read_json(path, missing=f"{run_dir} has no {METRICS_FILE}; was it run with evaluation on?",
+                     fix="; re-run its evaluation or leave the run out")
     evaluations = data.get("evaluations") if isinstance(data, dict) else None
     if not evaluations:
         raise UserError(f"{path} holds no evaluation yet; let the run reach its first evaluation or leave it out")
@@ -271,178 +269,3 @@ def comparability_warnings(runs: Sequence[RunResult]) -> list[str]:
         if len(values) > 1:
             out.append(f"runs differ in eval setting {key}: {', '.join(sorted(values))}")
     return out
-
-
-# --- output --------------------------------------------------------------------------------------
-def fmt(x: float | None, digits: int = 4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def fmt_stat(s: Stat, digits: int = 4) -> str:
-    if s.mean is None:
-        return "n/a"
-    return fmt(s.mean, digits) if s.std is None else f"{fmt(s.mean, digits)} ± {fmt(s.std, digits)}"
-
-
-def table_csv_rows(rows: Sequence[dict]) -> list[dict]:
-    """Flat rows for table.csv: full precision; empty cells where a value is undefined."""
-    out = []
-    for row in rows:
-        flat = {"model": row["label"], "runs": row["num_runs"], "concepts": row["concepts"], "seeds": row["seeds"],
-                "images": row["images"]}
-        for name, s in row["stats"].items():
-            flat.update({f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_n": s.n})
-        out.append(flat)
-    return out
-
-
-def run_csv_rows(runs: Sequence[RunResult]) -> list[dict]:
-    """One flat row per run (its final evaluation): what a sweep table groups further."""
-    out = []
-    for r in sorted(runs, key=lambda r: (ROW_ORDER.index(r.row), r.concept, str(r.seed), str(r.run_dir))):
-        out.append({"model": r.row, "concept": r.concept, "initializer": r.header.get("initializer"),
-                    "seed": r.seed, "lr": r.header.get("lr"), "steps": r.header.get("steps"),
-                    "num_vectors": r.header.get("num_vectors"), "base_model": r.model,
-                    "step": r.final.get("step"), "num_images": r.final.get("num_images"),
-                    **{name: r.value(k) for name, k in TABLE_METRICS.items()},
-                    "finished": r.finished, "run_dir": str(r.run_dir)})
-    return out
-
-
-def to_csv(rows: Sequence[dict]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
-def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
-    return atomic_write_text(path, to_csv(rows))
-
-
-def markdown_table(header: Sequence[str], body: Iterable[Sequence]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
-    return "\n".join(lines)
-
-
-def describe_settings(runs: Sequence[RunResult]) -> str:
-    s = runs[0].settings
-    clip = s.get("clip") or {}
-    fid = s.get("fid") or {}
-    parts = [f"model {', '.join(sorted({r.model for r in runs}))}",
-             f"{str(s.get('scheduler', '?')).upper()} {s.get('sampler_steps', '?')} steps",
-             f"guidance {s.get('guidance_scale', '?')}", f"{s.get('num_images', '?')} images per prompt",
-             f"eval seeds {s.get('seed', '?')}+k", f"CLIP {clip.get('arch', '?')} ({clip.get('weights', '?')})"]
-    if fid.get("enabled"):
-        parts.append(f"Inception feature {fid.get('feature', '?')} ({fid.get('weights') or 'torch hub cache'})")
-    return ", ".join(parts)
-
-
-def table1_markdown(rows: Sequence[dict], runs: Sequence[RunResult], warnings: Sequence[str] = ()) -> str:
-    names = list(TABLE_METRICS)
-    body = [[row["label"], *(fmt_stat(row["stats"][n]) for n in names), row["num_runs"], row["concepts"],
-             row["seeds"], row["images"]] for row in rows]
-    text = ["# Table 1: reconstruction vs editability", "",
-            markdown_table(["Model", *(METRIC_LABELS[n] for n in names), "Runs", "Concepts", "Seeds", "Images"], body),
-            "",
-            "Mean ± sample standard deviation (n - 1) **over runs** (one run = one concept x seed; each run's final "
-            "evaluation); no ± where a row has one run, n/a where no run has the metric. "
-            "Reconstruction: CLIP-I, mean cosine over all (training image, generated image) pairs for the "
-            "reconstruction prompt. Editability: CLIP-T, text without the placeholder vs its images, averaged "
-            "over the editability prompts. Higher is better for both. FID/KID: reconstruction images vs the "
-            "training images; IS: all images. SD = vanilla model with the initializer word; SD + TI = the "
-            "learned token. Images = generated images scored, summed over runs.", "",
-            f"Settings: {describe_settings(runs)}."]
-    if any(r.final.get("fid_biased") for r in runs):
-        text += ["", "FID/KID are biased here: fewer samples than Inception feature dimensions (few-shot sets)."]
-    if any((r.settings.get("clip") or {}).get("weights") == "random" for r in runs):
-        text += ["", "**CLIP with random weights (demo/tests): these numbers mean nothing.**"]
-    for w in warnings:
-        text += ["", f"Warning: {w}."]
-    text += ["", "Reported in the study: " + "; ".join(
-        f"{label} {v['reconstruction']:.4f} / {v['editability']:.4f}" for label, v in STUDY_TABLE.items())
-        + " (reconstruction / editability).", "", "## Runs", ""]
-    per_run = run_csv_rows(runs)
-    text.append(markdown_table(
-        ["Model", "Concept", "Seed", "Step", *(METRIC_LABELS[n] for n in names), "Run"],
-        [[r["model"], r["concept"], r["seed"], r["step"], *(fmt(r[n]) for n in names),
-          f"`{r['run_dir']}`" + ("" if r["finished"] else " (unfinished)")] for r in per_run]))
-    return "\n".join(text) + "\n"
-
-
-def tradeoff_plot(path: str | Path, runs: Sequence[RunResult], rows: Sequence[dict],
-                  reference: dict = STUDY_TABLE) -> Path:
-    """Reconstruction (y) vs editability (x): one point per run, coloured by row; row means with
-    their spread as error bars; the study's reported numbers as star markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = {BASELINE_ROW: "tab:blue", TI_ROW: "tab:orange"}
-    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=120)
-    try:
-        for row in rows:
-            colour = colours.get(row["label"], None)
-            pts = [(r.value("editability"), r.value("reconstruction")) for r in row["runs"]]
-            pts = [p for p in pts if None not in p]
-            if pts:
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, alpha=0.6, s=28,
-                           label=f"{row['label']} runs (n={len(pts)})")
-            e, c = row["stats"]["editability"], row["stats"]["reconstruction"]
-            if e.mean is not None and c.mean is not None:
-                ax.errorbar([e.mean], [c.mean], xerr=[e.std or 0], yerr=[c.std or 0], fmt="o", ms=9, color=colour,
-                            markeredgecolor="black", capsize=4, label=f"{row['label']} mean ± std over runs")
-        if len(runs) <= 20:
-            for r in runs:
-                x, y = r.value("editability"), r.value("reconstruction")
-                if x is not None and y is not None:
-                    ax.annotate(f"{r.concept}/s{r.seed}", (x, y), fontsize=6, alpha=0.7, xytext=(3, 3),
-                                textcoords="offset points")
-        for label, v in reference.items():
-            ax.scatter([v["editability"]], [v["reconstruction"]], marker="*", s=220, color=colours.get(label),
-                       edgecolor="black", linewidth=0.8, zorder=5, label=f"{label} (study)")
-        ax.set_xlabel("Editability (CLIP-T, higher is better)")
-        ax.set_ylabel("Reconstruction (CLIP-I, higher is better)")
-        ax.set_title("Reconstruction vs editability")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        from .atomic import atomic_write
-
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-
-
-def log_wandb(out_dir: Path, table_rows: Sequence[dict], run_rows: Sequence[dict], plot: Path | None,
-              project: str = "textinv", name: str = "table1") -> Path | None:
-    """An offline (unless WANDB_MODE says otherwise) W&B run in `out_dir` with both tables and the plot."""
-    import os
-
-    import wandb
-
-    mode = os.environ.get("WANDB_MODE", "offline")
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", project), dir=str(out_dir), mode=mode,
-                     job_type="table", name=name, config={"runs": [r["run_dir"] for r in run_rows]},
-                     settings=wandb.Settings(silent=True))
-    try:
-        def table(rows):
-            cols = list(rows[0]) if rows else []
-            return wandb.Table(columns=cols, data=[[row[c] for c in cols] for row in rows])
-
-        payload = {"table1": table(table_rows), "runs": table(run_rows)}
-        if plot is not None:
-            payload["tradeoff"] = wandb.Image(str(plot))
-        run.log(payload)
-        for row in table_rows:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and v is not None:
-                    run.summary[f"{row['model']}/{k}"] = v
-        return Path(run.dir).parent if run.dir else None
-    finally:
-        run.finish()

@@ -1,4 +1,4 @@
-"""Sweeps (conf/sweep/): one Hydra multirun per ablation, one deterministic folder per point.
+"""Sweeps (sweeps/*.yaml, the config group `sweep`): one Hydra multirun per ablation, one folder per point.
 
 A point's folder is named from its swept values (outputs/sweeps/<name>/<point>/), so re-running an
 interrupted sweep finds its earlier points: finished ones (run.json) are skipped, unfinished ones
@@ -12,7 +12,7 @@ import sys
 
 
 def in_multirun() -> bool:
-    """True inside a job of a Hydra multirun (python train.py -m ..., or a conf/sweep/ config)."""
+    """True inside a job of a Hydra multirun (python train.py -m ..., or a sweeps/ config)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -40,3 +40,37 @@ def sweep_job():
         failed = False
     finally:
         finish_wandb_run(failed)
+
+
+STEP_LIST_KEYS = ("callbacks.embedding_writer.at_steps", "eval.at_steps")
+
+
+def collapse_steps_sweep(argv: list[str]) -> list[str]:
+    """A multirun over `steps=1000,2000,5000` costs one run per point of the other swept keys, not three:
+    each trains to 5000 and snapshots and evaluates at 1000, 2000 and 5000 (with the default constant
+    schedule the step-1000 snapshot is the embedding a 1000-step run ends with). Other argv is returned as is."""
+    if not any(a in ("-m", "--multirun") or a.startswith("sweep=") for a in argv):
+        return argv
+    out, values = [], None
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key == "steps" and "," in value:
+            try:
+                values = sorted({int(v) for v in value.split(",")})
+            except ValueError:
+                return argv  # not a plain list of integers: Hydra parses it and reports what is wrong
+            out.append(f"steps={values[-1]}")
+        else:
+            out.append(arg)
+    if values is None:
+        return argv
+    given = [a for a in argv if a.partition("=")[0].lstrip("+~") in STEP_LIST_KEYS]
+    if given:
+        print(f"error: {given[0]} and a steps sweep both choose the evaluated steps; give one of them",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
+    listed = ",".join(map(str, values))
+    out += [f"{key}=[{listed}]" for key in STEP_LIST_KEYS]
+    print(f"steps sweep {listed}: one run per point to step {values[-1]}, with snapshots and evaluations at "
+          f"steps {listed}", file=sys.stderr, flush=True)
+    return out
