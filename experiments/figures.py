@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from textinv.atomic import atomic_write, atomic_write_text
-from textinv.cli import exit_on_user_error
+from textinv.cli import exit_on_user_error, script_logging
 from textinv.errors import UserError
 from textinv.report import fmt
 from textinv.results import BASELINE_ROW, TI_ROW, RunResult, find_run_dirs, load_run
@@ -325,5 +324,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    script_logging()
     main()

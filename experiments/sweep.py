@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from pathlib import Path
 
-from textinv.cli import exit_on_user_error
+from textinv.cli import exit_on_user_error, results_parser, script_logging
 from textinv.errors import UserError
 from textinv.report import log_wandb
 from textinv.results import comparability_warnings, load_runs
@@ -26,15 +24,9 @@ log = logging.getLogger("textinv.sweep")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("runs", nargs="+", metavar="SWEEP_DIR", help="sweep folders or run directories")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p = results_parser(__doc__, "SWEEP_DIR")
     p.add_argument("--by", help=f"the swept key: {', '.join(SWEPT_KEYS)} or a dotted config key "
                                 "(default: the key that differs between the runs)")
-    p.add_argument("--no-wandb", action="store_true", help="do not log a W&B run")
-    p.add_argument("--include-unfinished", action="store_true",
-                   help="also use runs without run.json (their latest evaluation)")
     return p.parse_args(argv)
 
 
@@ -61,6 +53,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    script_logging()
     main()

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from textinv.atomic import atomic_write_text
-from textinv.cli import exit_on_user_error
+from textinv.cli import exit_on_user_error, results_parser, script_logging
 from textinv.report import log_wandb, run_csv_rows, table1_markdown, table_csv_rows, tradeoff_plot, write_csv
 from textinv.results import aggregate, comparability_warnings, load_runs
 
@@ -25,14 +24,7 @@ log = logging.getLogger("textinv.table")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or sweep folders")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--no-wandb", action="store_true", help="do not log a W&B table")
-    p.add_argument("--include-unfinished", action="store_true",
-                   help="also use runs without run.json (their latest evaluation)")
-    return p.parse_args(argv)
+    return results_parser(__doc__, "RUN_DIR").parse_args(argv)
 
 
 @exit_on_user_error
@@ -60,6 +52,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    script_logging()
     main()

@@ -61,3 +61,26 @@ def check_output_dir_override(argv: list[str]) -> None:
                 why = "is not a directory" if not os.path.isdir(probe) else "is not writable"
                 print(f"error: {key}={value}: {probe} {why}; choose a writable folder", file=sys.stderr, flush=True)
                 sys.exit(2)
+
+
+def results_parser(doc: str, metavar: str):
+    """The arguments experiments/table.py and sweep.py share: runs to read, where to write, W&B, unfinished runs."""
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=doc)
+    p.add_argument("runs", nargs="+", metavar=metavar, help="run directories or sweep folders holding them")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--no-wandb", action="store_true", help="do not log an (offline) W&B run")
+    p.add_argument("--include-unfinished", action="store_true",
+                   help="also use runs without run.json (their latest evaluation)")
+    return p
+
+
+def script_logging() -> None:
+    """Log lines of the experiments/ scripts: `LEVEL: message` on stderr, matplotlib's chatter off."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
