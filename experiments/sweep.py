@@ -15,7 +15,6 @@ import argparse
 import logging
 
 from textinv.cli import exit_on_user_error, results_parser, script_logging
-from textinv.errors import UserError
 from textinv.report import log_wandb
 from textinv.results import comparability_warnings, load_runs
 from textinv.sweep_report import SWEPT_KEYS, sweep_files, varying_keys
@@ -41,8 +40,6 @@ def main(argv=None) -> dict:
     warnings = [w for w in comparability_warnings(runs) if not (by == "model" and w.startswith("runs use"))]
     for w in warnings:
         log.warning(w)
-    if args.by and all(r.get(args.by) is None for r in runs):
-        raise UserError(f"--by {args.by}: no run records it; the runs differ in {', '.join(swept) or 'nothing'}")
     files, tables = sweep_files(args.out, by, runs, warnings)
     if not args.no_wandb:
         images = {name.removesuffix(".png"): path for name, path in files.items() if name.endswith(".png")}

@@ -26,16 +26,18 @@ def fmt_stat(s: Stat, digits: int = 4) -> str:
     return fmt(s.mean, digits) if s.std is None else f"{fmt(s.mean, digits)} ± {fmt(s.std, digits)}"
 
 
+def stat_columns(stats: dict[str, Stat]) -> dict:
+    """`<metric>_mean`, `_std`, `_n` per metric: full precision, None where undefined."""
+    out = {}
+    for name, s in stats.items():
+        out.update({f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_n": s.n})
+    return out
+
+
 def table_csv_rows(rows: Sequence[dict], label: str = "model") -> list[dict]:
     """Flat rows of aggregated groups (column `label`: the group): full precision; empty where undefined."""
-    out = []
-    for row in rows:
-        flat = {label: row["label"], "runs": row["num_runs"], "concepts": row["concepts"], "seeds": row["seeds"],
-                "images": row["images"]}
-        for name, s in row["stats"].items():
-            flat.update({f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_n": s.n})
-        out.append(flat)
-    return out
+    return [{label: row["label"], "runs": row["num_runs"], "concepts": row["concepts"], "seeds": row["seeds"],
+             "images": row["images"], **stat_columns(row["stats"])} for row in rows]
 
 
 def run_csv_rows(runs: Sequence[RunResult]) -> list[dict]:
@@ -120,11 +122,7 @@ def tradeoff_plot(path: str | Path, runs: Sequence[RunResult], rows: Sequence[di
                   reference: dict = STUDY_TABLE) -> Path:
     """Reconstruction (y) vs editability (x): one point per run, coloured by row; row means with
     their spread as error bars; the study's reported numbers as star markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colours = {BASELINE_ROW: "tab:blue", TI_ROW: "tab:orange"}
     fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=120)
     try:
@@ -153,12 +151,31 @@ def tradeoff_plot(path: str | Path, runs: Sequence[RunResult], rows: Sequence[di
         ax.set_title("Reconstruction vs editability")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        from .atomic import atomic_write
+    except BaseException:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)
 
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on clusters)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """A figure written atomically as PNG, then closed."""
+    from .atomic import atomic_write
+
+    try:
+        fig.tight_layout()
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
 
 
 def log_wandb(out_dir: Path, tables: dict[str, Sequence[dict]], images: dict[str, Path | None],

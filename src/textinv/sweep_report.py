@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import atomic_write
 from .errors import UserError
-from .report import fmt_stat, markdown_table, table_csv_rows
+from .report import fmt_stat, markdown_table, pyplot, save_figure, stat_columns, table_csv_rows
 from .results import METRIC_LABELS, TABLE_METRICS, RunResult, Stat, aggregate
 
 SWEPT_KEYS = ("lr", "seed", "init", "steps", "num_vectors", "concept", "baseline", "model")
@@ -36,8 +35,9 @@ def by_value(runs: Sequence[RunResult], by: str) -> list[dict]:
     """Rows of `aggregate`, one per value of `by` in order, then the row over all runs."""
     values = [r.get(by) for r in runs]
     if all(v is None for v in values):
-        raise UserError(f"--by {by}: no run records {by!r} (its metrics.json header or config.yaml); "
-                        f"try one of {', '.join(SWEPT_KEYS)}")
+        swept = ", ".join(varying_keys(runs)) or "nothing"
+        raise UserError(f"--by {by}: no run records it (in its metrics.json header or config.yaml); "
+                        f"the runs differ in {swept}")
     rows = aggregate(runs, key=lambda r: r.get(by), order=sort_values(set(values)))
     return rows + aggregate(runs, key=lambda r: ALL, order=[ALL])
 
@@ -55,13 +55,7 @@ def step_rows(runs: Sequence[RunResult]) -> list[dict]:
 
 
 def step_csv_rows(rows: Sequence[dict]) -> list[dict]:
-    out = []
-    for row in rows:
-        flat = {"step": row["label"], "runs": row["num_runs"]}
-        for name, s in row["stats"].items():
-            flat.update({f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_n": s.n})
-        out.append(flat)
-    return out
+    return [{"step": row["label"], "runs": row["num_runs"], **stat_columns(row["stats"])} for row in rows]
 
 
 def sweep_markdown(by: str, rows: Sequence[dict], steps: Sequence[dict], runs: Sequence[RunResult],
@@ -84,28 +78,9 @@ def sweep_markdown(by: str, rows: Sequence[dict], steps: Sequence[dict], runs: S
     return "\n".join(text) + "\n"
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        fig.tight_layout()
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def value_plot(path: Path, by: str, rows: Sequence[dict]) -> Path:
     """Reconstruction and editability against the swept value: each run a dot, each value its mean ± std."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in rows if r["label"] != ALL]
     labels = [r["label"] for r in rows]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels)
@@ -126,12 +101,12 @@ def value_plot(path: Path, by: str, rows: Sequence[dict]) -> Path:
         ax.set_ylabel(f"{METRIC_LABELS[metric]} ({'CLIP-I' if metric == 'reconstruction' else 'CLIP-T'})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def steps_plot(path: Path, runs: Sequence[RunResult], steps: Sequence[dict]) -> Path:
     """Each run's metrics at its evaluated steps (a line per run), and their mean where several runs."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(5.2 * len(CURVE_METRICS), 4.0), dpi=110)
     for ax, metric in zip(axes, CURVE_METRICS):
         for r in runs:
@@ -146,7 +121,7 @@ def steps_plot(path: Path, runs: Sequence[RunResult], steps: Sequence[dict]) -> 
         ax.set_ylabel(METRIC_LABELS[metric])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sweep_files(out: Path, by: str, runs: Sequence[RunResult],
