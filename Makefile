@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test bench clean
+.PHONY: install demo toyworld test bench clean
 
 install: $(VENV)/.installed
 
@@ -15,23 +15,29 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The demo: the SD row (baseline=true) and the SD + TI row of the built-in concept on the tiny model, then
-# the table, its plot and the figures, all under one folder.
+# The demo: the study in the pretrained miniature world (textinv.toyworld): the SD row (baseline=true) and
+# the SD + TI row of the toy_heart concept, what their images show, then the table, its plot and the figures.
 DEMO_DIR ?= outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
 
 demo: install
 	$(PY) train.py experiment=demo baseline=true hydra.run.dir=$(DEMO_DIR)/baseline
 	$(PY) train.py experiment=demo hydra.run.dir=$(DEMO_DIR)/ti
+	$(PY) -m textinv.toyworld attributes $(DEMO_DIR)/baseline $(DEMO_DIR)/ti
 	$(PY) experiments/table.py $(DEMO_DIR) --out $(DEMO_DIR)/table
 	$(PY) experiments/figures.py compare --baseline $(DEMO_DIR)/baseline --ti $(DEMO_DIR)/ti --out $(DEMO_DIR)/figures/compare
 	$(PY) experiments/figures.py steps --run $(DEMO_DIR)/ti --baseline $(DEMO_DIR)/baseline --out $(DEMO_DIR)/figures/steps
 	@echo
 	@echo "demo outputs in $(DEMO_DIR)/:"
-	@echo "  ti/learned_embeds.safetensors, ti/<demo-toy>.pt   the learned embedding (diffusers, AUTOMATIC1111)"
-	@echo "  ti/eval/, baseline/eval/                          metrics.json and generated images per evaluation"
+	@echo "  ti/learned_embeds.safetensors, ti/<toy-heart>.pt  the learned embedding (diffusers, AUTOMATIC1111)"
+	@echo "  ti/eval/, baseline/eval/                          metrics.json, attributes.json and generated images"
 	@echo "  table/table.md, table/table.csv, table/tradeoff.png  the reconstruction/editability table and plot"
 	@echo "  figures/compare/grid.png, figures/steps/steps.png  SD vs SD + TI, and the concept across steps"
-	@echo "(random CLIP/Inception weights offline: the numbers exercise the pipeline, they mean nothing)"
+	@echo "(toy-world numbers: the miniature world's CLIP scores them; they are not comparable with real SD's)"
+
+# Retrain the miniature world from scratch (about an hour on 2 CPU cores; resumable: run it again to go on,
+# or in pieces with ARGS="--minutes 30"). Writes src/textinv/toyworld/weights/ (committed).
+toyworld: install
+	$(PY) -m textinv.toyworld pretrain $(ARGS)
 
 test: install
 	$(PY) -m pytest -q

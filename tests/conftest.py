@@ -50,7 +50,7 @@ def compose(*overrides: str):
 
 def tiny_overrides(run_dir: Path, data_dir: Path, steps: int = 6, *extra: str) -> list[str]:
     return [
-        "experiment=demo", "logger=csv", f"run_dir='{run_dir}'", f"concept.data_dir='{data_dir}'",
+        "experiment=tiny", "logger=csv", f"run_dir='{run_dir}'", f"concept.data_dir='{data_dir}'",
         f"steps={steps}", "callbacks.model_checkpoint.every_n_train_steps=2",
         "callbacks.embedding_writer.every_n_steps=2", "~callbacks.progress_bar", "eval=off", *extra,
     ]

@@ -73,7 +73,7 @@ def assert_one_line_error(proc, *fragments):
 
 def test_finished_run_is_never_overwritten(finished_run, demo_images):
     before = digest(finished_run)
-    proc = run_script("train.py", "experiment=demo", f"concept.data_dir={demo_images}", "logger=csv",
+    proc = run_script("train.py", "experiment=tiny", f"concept.data_dir={demo_images}", "logger=csv",
                       f"hydra.run.dir={finished_run}")
     assert_one_line_error(proc, "already holds a finished run", "hydra.run.dir")
     after = digest(finished_run)  # Hydra may add an (appended) train.log; nothing earlier changes
@@ -81,7 +81,7 @@ def test_finished_run_is_never_overwritten(finished_run, demo_images):
 
 
 def test_cli_missing_data_and_missing_weights(tmp_path, demo_images):
-    proc = run_script("train.py", "experiment=demo", f"concept.data_dir={tmp_path / 'none'}",
+    proc = run_script("train.py", "experiment=tiny", f"concept.data_dir={tmp_path / 'none'}",
                       f"hydra.run.dir={tmp_path / 'a'}")
     assert_one_line_error(proc, "does not exist", "concept.data_dir")
     proc = run_script("train.py", "concept=deku_tree", f"concept.data_dir={demo_images}", "model.path=/no/such",

@@ -146,7 +146,7 @@ def test_unicode_path_end_to_end(tmp_path, demo_images):
 
 
 def test_conflicting_overrides_fail_cleanly(tmp_path):
-    proc = run_script("train.py", "experiment=demo", "lr=1e-3", "lr=2e-3", f"hydra.run.dir={tmp_path / 'x'}")
+    proc = run_script("train.py", "experiment=tiny", "lr=1e-3", "lr=2e-3", f"hydra.run.dir={tmp_path / 'x'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("error: conflicting overrides 'lr=1e-3' and 'lr=2e-3'; give lr once "
                                    "(for a sweep: -m lr=a,b)")
@@ -156,7 +156,7 @@ def test_conflicting_overrides_fail_cleanly(tmp_path):
 def test_unusable_output_dir_is_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    proc = run_script("train.py", "experiment=demo", f"hydra.run.dir={blocker}/run")
+    proc = run_script("train.py", "experiment=tiny", f"hydra.run.dir={blocker}/run")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: hydra.run.dir={blocker}/run: {blocker} is not a directory; "
                                                 "choose a writable folder"]

@@ -20,7 +20,7 @@ LRS = ("0.001", "0.004")
 @pytest.fixture(scope="module")
 def lr_sweep(tmp_path_factory, demo_images):
     root = tmp_path_factory.mktemp("lr_sweep")
-    proc = run_script("train.py", "sweep=lr", f"lr={','.join(LRS)}", "experiment=demo", "concept=demo",
+    proc = run_script("train.py", "sweep=lr", f"lr={','.join(LRS)}", "experiment=tiny", "concept=demo",
                       f"concept.data_dir='{demo_images}'", f"hydra.sweep.dir='{root}'", "steps=4", "logger=csv",
                       "~callbacks.progress_bar", "eval.every_n_steps=2", "eval.num_images=2",
                       "eval.sampler_steps=2", f"eval.baseline_cache='{root / 'cache'}'", timeout=400)

@@ -37,7 +37,7 @@ def compose_hydra(*overrides: str):
 
 def sweep_args(sweep_dir: Path, data_dir: Path, *extra: str) -> list[str]:
     """A sweep on the tiny demo: the point folders come from the sweep config, under sweep_dir."""
-    return ["experiment=demo", "concept=demo", f"concept.data_dir='{data_dir}'", f"hydra.sweep.dir='{sweep_dir}'",
+    return ["experiment=tiny", "concept=demo", f"concept.data_dir='{data_dir}'", f"hydra.sweep.dir='{sweep_dir}'",
             "eval=off", "~callbacks.progress_bar", *extra]
 
 

@@ -78,7 +78,7 @@ def test_frozen_weights_bitwise_unchanged_and_optimizer_holds_only_vectors(tmp_p
 
 def test_sigkill_and_rerun_same_command_gives_identical_embedding(tmp_path, demo_images, reference_run):
     run_dir = tmp_path / "killed"
-    args = [*tiny_overrides(run_dir, demo_images)[1:], "experiment=demo", f"hydra.run.dir={run_dir}"]
+    args = [*tiny_overrides(run_dir, demo_images)[1:], "experiment=tiny", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

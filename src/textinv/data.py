@@ -38,6 +38,7 @@ class Concept:
     data_dir: str = ""
     prompts: list[str] = field(default_factory=list)  # evaluation prompts, `{}` = the placeholder
     synthesize: bool = False  # draw the images into the default folder on first use (the demo concept)
+    draw: dict | None = None  # a miniature-world concept: textinv.toyworld.draw_concept arguments (implies synthesize)
 
     def __post_init__(self):
         if self.kind not in TEMPLATES:
@@ -53,7 +54,7 @@ class Concept:
     def should_synthesize(self) -> bool:
         """Only into the default folder: a mistyped concept.data_dir must fail, not fill up with drawings."""
         folder = self.folder
-        return (self.synthesize and folder.resolve() == Path(self.default_dir).resolve()
+        return ((self.synthesize or self.draw is not None) and folder.resolve() == Path(self.default_dir).resolve()
                 and (not folder.exists() or not any(folder.iterdir())))
 
     @property
@@ -182,8 +183,13 @@ class ConceptDataModule(L.LightningDataModule):
             return
         folder = self.concept.folder
         if self.concept.should_synthesize:
-            log.info("drawing the demo concept's images into %s", folder)
-            synthesize_demo_concept(folder)
+            log.info("drawing the %s concept's images into %s", self.concept.name, folder)
+            if self.concept.draw is not None:
+                from .toyworld.draw import draw_concept
+
+                draw_concept(folder, **self.concept.draw)
+            else:
+                synthesize_demo_concept(folder)
         list_image_files(folder)  # clear error for a missing/empty folder
         self.images, self.files = load_concept_images(folder, self.resolution)
         self.captions = [read_caption(p) for p in self.files]

@@ -1,8 +1,10 @@
 """Load the frozen Stable Diffusion parts: tokenizer, text encoder, VAE, UNet, noise schedule.
 
-Three sources share one interface (`ModelSource`):
+Four sources share one interface (`ModelSource`):
 - `hub`:  a diffusers-layout model, from `path` (a local folder) or `hub_id` (the local HF cache, or a
           download where the network allows it);
+- `toy`:  the pretrained miniature world shipped with the project (textinv.toyworld): a diffusers
+          folder loaded exactly like `hub` with `path`, so it exercises the real loading code;
 - `tiny`: random weights, tiny UNet/VAE/text encoder built in code with the real CLIP tokenizer;
 - `sd15_arch`: the SD 1.5 architecture with random weights (real speed and memory, no download).
 The tokenizer and configs load without the big weights, so bad input is caught before they load.
@@ -107,8 +109,12 @@ class ModelSource:
     def __init__(self, source: str = "hub", hub_id: str | None = None, path: str | None = None,
                  revision: str | None = None, name: str | None = None, prediction_type: str | None = None,
                  seed: int = 0):
-        if source not in ("hub", "tiny", "sd15_arch"):
-            raise UserError(f"model.source={source!r} is unknown; use hub, tiny or sd15_arch")
+        if source not in ("hub", "toy", "tiny", "sd15_arch"):
+            raise UserError(f"model.source={source!r} is unknown; use hub, toy, tiny or sd15_arch")
+        if source == "toy":  # a real diffusers folder that ships with the project: the hub code path
+            from .toyworld import TOYWORLD_SD
+
+            source, path = "hub", path or str(TOYWORLD_SD)
         self.source, self.hub_id, self.revision, self.seed = source, hub_id, revision, seed
         self.path = str(Path(path).expanduser()) if path else None
         self.prediction_type = prediction_type

@@ -136,6 +136,16 @@ class ClipScorer:
         import open_clip
 
         weights = None if weights is None else str(weights)
+        if arch == "toyworld":  # the miniature world's CLIP, shipped with the project (textinv.toyworld)
+            from .toyworld import TOYWORLD_CLIP
+
+            arch = f"local-dir:{TOYWORLD_CLIP}"
+        if arch.startswith("local-dir:"):  # a whole open_clip model folder: config + weights, nothing to pick
+            folder = Path(arch[len("local-dir:"):]).expanduser()
+            if not (folder / "open_clip_config.json").is_file():
+                raise UserError(f"eval.clip.arch={arch}: no open_clip_config.json in {folder}; point it at an "
+                                "open_clip model folder (open_clip_config.json + open_clip_model.safetensors)")
+            arch, weights, quick_gelu = f"local-dir:{folder}", None, False  # the folder's config decides
         tag_cfg = open_clip.get_pretrained_cfg(arch, weights) if weights else {}
         if weights and not tag_cfg:
             weights = os.path.expanduser(str(weights))

@@ -1,0 +1,105 @@
+"""What generated images of the miniature world show, read by the attribute classifier.
+
+For each evaluation of a run (eval/images/step<N>/ or baseline/) and each prompt: the share of images
+showing the concept's attributes (its fixed shape, colour, rendering), and the share showing what
+the prompt itself asks for ("on a green background", "a red star", "in the style of hatching").
+`python -m textinv.toyworld attributes RUN [RUN ...]` prints it and writes eval/attributes.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from ..atomic import atomic_write_text
+from .models import HEADS
+from .world import STYLE_PHRASE
+
+CONCEPT_KEYS = ("shape", "color", "style", "background")
+
+
+def concept_attributes(draw: dict) -> dict[str, str]:
+    """The attributes a drawn concept fixes to one value (the concept's look)."""
+    out = {}
+    for key in CONCEPT_KEYS:
+        value = draw.get(key)
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def prompt_attributes(prompt: str) -> dict[str, str]:
+    """The attributes a prompt names in the world's caption language."""
+    text, out = prompt.lower(), {}
+    bg = re.search(r"on an? (\w+) background", text)
+    if bg and bg.group(1) in HEADS["background"]:
+        out["background"] = bg.group(1)
+        text = text[: bg.start()] + text[bg.end():]
+    for style, phrase in STYLE_PHRASE.items():
+        if f"in the style of {phrase}" in text or re.search(rf"\b{style}\b", text):
+            out["style"] = style
+    words = re.findall(r"[a-z]+", text)
+    for key in ("shape", "color"):
+        named = [w for w in words if w in HEADS[key]]
+        if len(named) == 1:
+            out[key] = named[0]
+    return out
+
+
+def rates(classifier, images: list[Image.Image], expected: dict[str, str]) -> dict[str, float]:
+    """Share of images whose classified attribute equals the expected one, per attribute and all at once."""
+    from .report import pil_to_unit
+
+    if not expected or not images:
+        return {}
+    pred = classifier.predict(pil_to_unit(images))
+    hits = {k: [p == v for p in pred[k]] for k, v in expected.items()}
+    out = {k: sum(h) / len(h) for k, h in hits.items()}
+    out["all"] = sum(all(h[i] for h in hits.values()) for i in range(len(images))) / len(images)
+    return out
+
+
+def _evaluations(run: Path) -> list[Path]:
+    folders = [p for p in (run / "eval" / "images").glob("*") if (p / "prompts.json").is_file()]
+    return sorted(folders, key=lambda p: (p.name != "baseline", int(p.name[4:]) if p.name.startswith("step") else -1))
+
+
+def run_attributes(run: Path, classifier) -> dict:
+    """Per evaluation and prompt: concept-attribute and prompt-attribute rates (a run of a drawn concept)."""
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    concept = config["concept"]
+    look = concept_attributes(concept.get("draw") or {})
+    placeholder, word = concept["placeholder"], str(config.get("init"))
+    result = {"concept": concept["name"], "look": look, "evaluations": {}}
+    for folder in _evaluations(run):
+        templates = json.loads((folder / "prompts.json").read_text())
+        per_prompt = []
+        for p, template in enumerate(templates):
+            images = [Image.open(f).convert("RGB") for f in sorted(folder.glob(f"p{p:02d}-*.png"))]
+            asked = prompt_attributes(template.replace("{}", " "))
+            per_prompt.append({"template": template, "concept": rates(classifier, images, look),
+                               "prompt": rates(classifier, images, asked), "asked": asked, "images": len(images)})
+        result["evaluations"][folder.name] = per_prompt
+    atomic_write_text(run / "eval" / "attributes.json", json.dumps(result, indent=2))
+    return result
+
+
+def format_attributes(run: Path, result: dict) -> str:
+    lines = [f"{run}: concept {result['concept']} {result['look']}"]
+    for name, per_prompt in result["evaluations"].items():
+        for entry in per_prompt:
+            concept = entry["concept"].get("all")
+            prompt = entry["prompt"].get("all")
+            lines.append(f"  {name:>10}  {entry['template']:<52} look {_pct(concept)}  prompt {_pct(prompt)}")
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "  -  " if value is None else f"{100 * value:4.0f}%"
