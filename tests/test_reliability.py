@@ -73,6 +73,14 @@ def test_atomic_write_never_truncates(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["learned_embeds.safetensors"]
 
 
+def test_atomic_write_gives_the_umask_mode(tmp_path):
+    """mkstemp's 0600 would hide the embedding from a web UI running as another user."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = atomic_write(tmp_path / "a.pt", lambda p: p.write_bytes(b"x"))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_full_disk_is_one_line(capsys):
     @exit_on_user_error
     def job():
