@@ -29,7 +29,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, demo_images, reference_r
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run_dir / "snapshots/learned_embeds-step000002.safetensors").exists() and time.time() < deadline:
+    while not (run_dir / "snapshots/diffusers/learned_embeds-step000002.safetensors").exists() and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -50,11 +50,12 @@ def test_same_seed_same_embedding_other_seed_differs(tmp_path, demo_images, refe
 
 def test_divergence_stops_with_last_good_embedding(tmp_path, demo_images):
     run_dir = tmp_path / "nan"
-    with pytest.raises(NumericalFault, match=r"diverged at step \d+.*lower lr=.*precision=32"):
+    with pytest.raises(NumericalFault, match=r"diverged at step \d+.*demo-toy-last-good.pt; lower lr=.*precision=32"):
         train(compose(*tiny_overrides(run_dir, demo_images, 20), "lr=1e30"))
     from safetensors.torch import load_file
 
-    last_good = load_file(str(run_dir / "learned_embeds-last-good.safetensors"))["<demo-toy>"]
+    last_good = load_file(str(run_dir / "diffusers/learned_embeds-last-good.safetensors"))["<demo-toy>"]
+    assert (run_dir / "demo-toy-last-good.pt").is_file()
     assert torch.isfinite(last_good).all()
     assert not (run_dir / "run.json").exists()
 
