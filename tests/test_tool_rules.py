@@ -125,3 +125,10 @@ def test_atomic_outputs_are_readable_by_others(run):
 def test_diffusers_file_still_a_single_key(tmp_path):
     path = save_diffusers(tmp_path / "learned_embeds.safetensors", "<t>", torch.ones(2, 768))
     assert list(load_file(str(path))) == ["<t>"]
+
+
+def test_invokeai_picklescan_passes_the_root_pt(run):
+    """InvokeAI scans every .pt with picklescan before torch.load (model_on_disk.py); not a dependency here."""
+    scanner = pytest.importorskip("picklescan.scanner")
+    result = scanner.scan_file_path(run[0] / "deku-tree.pt")
+    assert result.infected_files == 0 and not result.scan_err
