@@ -27,7 +27,7 @@ demo: install
 	$(PY) experiments/figures.py steps --run $(DEMO_DIR)/ti --baseline $(DEMO_DIR)/baseline --out $(DEMO_DIR)/figures/steps
 	@echo
 	@echo "demo outputs in $(DEMO_DIR)/:"
-	@echo "  ti/learned_embeds.safetensors, ti/<demo-toy>.pt   the learned embedding (diffusers, AUTOMATIC1111)"
+	@echo "  ti/demo-toy.pt   the learned embedding for every tool (ti/diffusers/, ti/safetensors/: other layouts)"
 	@echo "  ti/eval/, baseline/eval/                          metrics.json and generated images per evaluation"
 	@echo "  table/table.md, table/table.csv, table/tradeoff.png  the reconstruction/editability table and plot"
 	@echo "  figures/compare/grid.png, figures/steps/steps.png  SD vs SD + TI, and the concept across steps"
