@@ -26,7 +26,8 @@ def test_train_py_writes_every_output(reference_run):
         assert (run / name).is_file(), name
     summary = json.loads((run / "run.json").read_text())
     assert summary["finished"] and summary["step"] == 6 and summary["placeholder"] == "<demo-toy>"
-    assert summary["files"] == ["demo-toy.pt", "diffusers/learned_embeds.safetensors", "safetensors/demo-toy.safetensors"]
+    assert summary["files"] == ["demo-toy.pt", "diffusers/learned_embeds.safetensors",
+                                "safetensors/demo-toy.safetensors"]
     # one embedding file in the root: tools scan the whole folder (run_files.py)
     assert sorted(p.name for p in run.glob("*") if p.suffix in (".pt", ".safetensors", ".bin")) == ["demo-toy.pt"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))

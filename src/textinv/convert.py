@@ -70,7 +70,8 @@ def write(emb: LoadedEmbedding, out: Path, layout: str, token: str) -> list[Path
     folder = out.suffix == "" or out.is_dir()
     if emb.layout == "sdxl":
         if folder:
-            return [save_diffusers(out / PAIR[0], token, emb.vectors), save_diffusers(out / PAIR[1], token, emb.vectors_g)]
+            return [save_diffusers(out / PAIR[0], token, emb.vectors),
+                    save_diffusers(out / PAIR[1], token, emb.vectors_g)]
         if layout == "diffusers":
             raise UserError(f"{out}: diffusers keeps an SDXL embedding in two files; give a folder as OUT")
         return [save_sdxl(out, emb.vectors, emb.vectors_g)]
