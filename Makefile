@@ -28,7 +28,7 @@ demo: install
 	$(PY) experiments/figures.py steps --run $(DEMO_DIR)/ti --baseline $(DEMO_DIR)/baseline --out $(DEMO_DIR)/figures/steps
 	@echo
 	@echo "demo outputs in $(DEMO_DIR)/:"
-	@echo "  ti/learned_embeds.safetensors, ti/<toy-heart>.pt  the learned embedding (diffusers, AUTOMATIC1111)"
+	@echo "  ti/toy-heart.pt   the learned embedding for every tool (ti/diffusers/, ti/safetensors/: other layouts)"
 	@echo "  ti/eval/, baseline/eval/                          metrics.json, attributes.json and generated images"
 	@echo "  table/table.md, table/table.csv, table/tradeoff.png  the reconstruction/editability table and plot"
 	@echo "  figures/compare/grid.png, figures/steps/steps.png  SD vs SD + TI, and the concept across steps"

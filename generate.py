@@ -1,5 +1,5 @@
 """Generate images with learned embeddings:
-python generate.py prompt="A <deku-tree> tree in the forest" embeddings=[outputs/runs/.../learned_embeds.safetensors]
+python generate.py prompt="A <deku-tree> tree in the forest" embeddings=[outputs/runs/.../deku-tree.pt]
 """
 
 import sys

@@ -76,7 +76,7 @@ def load_script(name: str):
 def embedding(run_dir: Path):
     from safetensors.torch import load_file
 
-    return load_file(str(run_dir / "learned_embeds.safetensors"))["<demo-toy>"]
+    return load_file(str(run_dir / "diffusers/learned_embeds.safetensors"))["<demo-toy>"]
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, demo_images, reference_r
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run_dir / "snapshots/learned_embeds-step000002.safetensors").exists() and time.time() < deadline:
+    while not (run_dir / "snapshots/diffusers/learned_embeds-step000002.safetensors").exists() and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -50,11 +50,12 @@ def test_same_seed_same_embedding_other_seed_differs(tmp_path, demo_images, refe
 
 def test_divergence_stops_with_last_good_embedding(tmp_path, demo_images):
     run_dir = tmp_path / "nan"
-    with pytest.raises(NumericalFault, match=r"diverged at step \d+.*lower lr=.*precision=32"):
+    with pytest.raises(NumericalFault, match=r"diverged at step \d+.*demo-toy-last-good.pt; lower lr=.*precision=32"):
         train(compose(*tiny_overrides(run_dir, demo_images, 20), "lr=1e30"))
     from safetensors.torch import load_file
 
-    last_good = load_file(str(run_dir / "learned_embeds-last-good.safetensors"))["<demo-toy>"]
+    last_good = load_file(str(run_dir / "diffusers/learned_embeds-last-good.safetensors"))["<demo-toy>"]
+    assert (run_dir / "demo-toy-last-good.pt").is_file()
     assert torch.isfinite(last_good).all()
     assert not (run_dir / "run.json").exists()
 
@@ -71,6 +72,14 @@ def test_atomic_write_never_truncates(tmp_path):
         atomic_write(target, crash)
     assert target.read_bytes() == b"earlier complete file"
     assert [p.name for p in tmp_path.iterdir()] == ["learned_embeds.safetensors"]
+
+
+def test_atomic_write_gives_the_umask_mode(tmp_path):
+    """mkstemp's 0600 would hide the embedding from a web UI running as another user."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = atomic_write(tmp_path / "a.pt", lambda p: p.write_bytes(b"x"))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_full_disk_is_one_line(capsys):

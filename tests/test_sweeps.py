@@ -154,7 +154,7 @@ def test_sweep_points_are_wandb_runs_and_a_rerun_skips_finished_points(tmp_path,
 
     # interrupt the second point after step 1: no run.json, no final files, last.ckpt from step 1
     finished = embedding(second)
-    for name in ("run.json", "learned_embeds.safetensors", "demo-toy.pt"):
+    for name in ("run.json", "diffusers/learned_embeds.safetensors", "demo-toy.pt"):
         (second / name).unlink()
     shutil.copy(second / "checkpoints/step000001.ckpt", second / "checkpoints/last.ckpt")
     before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file() and p.suffix != ".log"}
@@ -219,7 +219,7 @@ def test_a_command_line_steps_sweep_is_one_run_snapshotted_at_each_step(tmp_path
     assert "steps sweep 3,6: one run per point to step 6" in proc.stderr
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["point6"]  # one run, not two
     run = sweep_dir / "point6"
-    snapshots = {p.name for p in (run / "snapshots").glob("*.safetensors")}
+    snapshots = {p.name for p in (run / "snapshots/diffusers").glob("*.safetensors")}
     assert {"learned_embeds-step000003.safetensors", "learned_embeds-step000006.safetensors"} <= snapshots
     config = OmegaConf.load(run / "config.yaml")
     assert list(config.eval.at_steps) == [3, 6] and list(config.callbacks.embedding_writer.at_steps) == [3, 6]
@@ -254,7 +254,7 @@ def test_submitit_local_launcher_runs_two_points(tmp_path, demo_images):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for lr in ("0.001", "0.002"):
         point = sweep_dir / f"concept=demo,lr={lr}"
-        assert (point / "run.json").is_file() and (point / "learned_embeds.safetensors").is_file()
+        assert (point / "run.json").is_file() and (point / "diffusers/learned_embeds.safetensors").is_file()
     assert glob.glob(str(sweep_dir / ".submitit" / "*" / "*_result.pkl"))
 
 

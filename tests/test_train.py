@@ -19,12 +19,17 @@ from textinv.run import train
 
 def test_train_py_writes_every_output(reference_run):
     run = reference_run
-    for name in ("learned_embeds.safetensors", "demo-toy.pt", "config.yaml", "metrics.csv", "run.json",
-                 "checkpoints/last.ckpt", "snapshots/learned_embeds-step000004.safetensors",
-                 "snapshots/demo-toy-step000004.pt"):
+    for name in ("demo-toy.pt", "diffusers/learned_embeds.safetensors", "safetensors/demo-toy.safetensors",
+                 "config.yaml", "metrics.csv", "run.json", "checkpoints/last.ckpt", "snapshots/demo-toy-step000004.pt",
+                 "snapshots/diffusers/learned_embeds-step000004.safetensors",
+                 "snapshots/safetensors/demo-toy-step000004.safetensors"):
         assert (run / name).is_file(), name
     summary = json.loads((run / "run.json").read_text())
     assert summary["finished"] and summary["step"] == 6 and summary["placeholder"] == "<demo-toy>"
+    assert summary["files"] == ["demo-toy.pt", "diffusers/learned_embeds.safetensors",
+                                "safetensors/demo-toy.safetensors"]
+    # one embedding file in the root: tools scan the whole folder (run_files.py)
+    assert sorted(p.name for p in run.glob("*") if p.suffix in (".pt", ".safetensors", ".bin")) == ["demo-toy.pt"]
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert {"loss", "lr", "step"} <= set(rows[0]) and all(float(r["loss"]) > 0 for r in rows if r["loss"])
     # checkpoints hold the vectors + optimizer, not the frozen model: KBs, not MBs
@@ -36,21 +41,22 @@ def test_train_py_writes_every_output(reference_run):
     state = ckpt["optimizer_states"][0]["state"]
     assert [tuple(s["exp_avg"].shape) for s in state.values()] == [(1, 32)]
     # the learned vector moved away from its initializer
-    snap = load_file(str(run / "snapshots/learned_embeds-step000002.safetensors"))["<demo-toy>"]
+    snap = load_file(str(run / "snapshots/diffusers/learned_embeds-step000002.safetensors"))["<demo-toy>"]
     assert not torch.equal(snap, embedding(run))
 
 
-def test_both_files_load_in_diffusers_and_match(reference_run, tiny_source):
+def test_run_files_load_in_diffusers_and_match(reference_run, tiny_source):
     frozen = tiny_source.load()
     pipe = StableDiffusionPipeline(vae=frozen.vae, text_encoder=frozen.text_encoder, tokenizer=frozen.tokenizer,
                                    unet=frozen.unet, scheduler=frozen.noise_scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    pipe.load_textual_inversion(str(reference_run / "learned_embeds.safetensors"))
-    pipe.load_textual_inversion(str(reference_run / "demo-toy.pt"), token="<demo-toy-a1111>")
+    pipe.load_textual_inversion(str(reference_run / "demo-toy.pt"))  # registers its name: the token
+    pipe.load_textual_inversion(str(reference_run / "diffusers"), token="<demo-toy-diffusers>")  # the folder
+    pipe.load_textual_inversion(str(reference_run / "safetensors/demo-toy.safetensors"), token="<demo-toy-st>")
     weight = pipe.text_encoder.get_input_embeddings().weight
-    ids = pipe.tokenizer.convert_tokens_to_ids(["<demo-toy>", "<demo-toy-a1111>"])
-    assert torch.equal(weight[ids[0]], embedding(reference_run)[0])
-    assert torch.equal(weight[ids[1]], embedding(reference_run)[0])
+    ids = pipe.tokenizer.convert_tokens_to_ids(["<demo-toy>", "<demo-toy-diffusers>", "<demo-toy-st>"])
+    for i in ids:
+        assert torch.equal(weight[i], embedding(reference_run)[0])
 
 
 def test_frozen_weights_bitwise_unchanged_and_optimizer_holds_only_vectors(tmp_path, demo_images, monkeypatch):

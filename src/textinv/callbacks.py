@@ -14,23 +14,11 @@ import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .atomic import atomic_path, atomic_write_text
-from .formats import save_a1111, save_diffusers
+from .run_files import write_embedding_files
 
 log = logging.getLogger(__name__)
 
 FINISHED_MARKER = "run.json"
-DIFFUSERS_FILE = "learned_embeds.safetensors"
-
-
-def write_embedding_files(folder: Path, module, step: int, suffix: str = "") -> list[Path]:
-    """Both formats side by side: diffusers safetensors and AUTOMATIC1111 .pt."""
-    ph, vectors = module.placeholder, module.vectors
-    stem = DIFFUSERS_FILE.replace(".safetensors", suffix + ".safetensors")
-    return [
-        save_diffusers(folder / stem, ph.token, vectors),
-        save_a1111(folder / f"{ph.name}{suffix}.pt", ph.name, vectors, step=step,
-                   sd_checkpoint_name=module.model_name),
-    ]
 
 
 class EmbeddingWriter(L.Callback):
@@ -63,10 +51,10 @@ class EmbeddingWriter(L.Callback):
             "tokens": pl_module.placeholder.tokens,
             "num_vectors": pl_module.placeholder.num_vectors,
             "model": pl_module.model_name,
-            "files": [p.name for p in files],
+            "files": [str(p.relative_to(self.run_dir)) for p in files],
         }
         atomic_write_text(self.run_dir / FINISHED_MARKER, json.dumps(summary, indent=2))  # written last
-        log.info("wrote %s and %s in %s", files[0].name, files[1].name, self.run_dir)
+        log.info("wrote %s in %s", ", ".join(str(p.relative_to(self.run_dir)) for p in files), self.run_dir)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,14 +1,47 @@
-"""Embedding files other tools read: diffusers, AUTOMATIC1111 and kohya. Loading never unpickles code.
+"""Embedding files other tools read. Loading never unpickles code.
 
-- diffusers `learned_embeds.safetensors`: {placeholder: [n, dim]} (fp32, one key)
-- AUTOMATIC1111 `<name>.pt`: {"string_to_token": {"*": 265}, "string_to_param": {"*": [n, dim]},
-  "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
-- kohya sd-scripts: {"emb_params": [n, dim]} (SDXL: {"clip_l": ..., "clip_g": ...})
+Layouts:
+- diffusers: {token: [n, dim]} (safetensors, fp32, one key); SDXL: a pair of such files,
+  `learned_embeds.safetensors` (text_encoder, 768) and `learned_embeds_2.safetensors` (text_encoder_2, 1280)
+- AUTOMATIC1111 `.pt`: {"string_to_token": {"*": 265}, "string_to_param": {"*": [n, dim]}, "name", "step",
+  "sd_checkpoint", "sd_checkpoint_name"}
+- kohya sd-scripts: {"emb_params": [n, dim]}; SDXL: {"clip_l": [n, 768], "clip_g": [n, 1280]}
+
+What each tool's loading code demands of a file (read from their sources; the tests re-check each rule):
+- AUTOMATIC1111 v1.10, `modules/safe.py`: a `.pt` zip may only hold entries matching
+  `^([^/]+)/((data/\\d+)|version|byteorder|.data/serialization_id|(data\\.pkl))$` (older releases:
+  `data/N`, `version`, `data.pkl` only) and its pickle may only name a short list of globals
+  (`collections.OrderedDict`, `torch._utils._rebuild_tensor_v2`, `torch.FloatStorage`, ...). Today's torch
+  also writes `.format_version` and `.storage_alignment`, so a plain torch.save file is refused; we keep
+  only `data.pkl`, `data/N` and `version`, which every release accepts and torch still loads.
+  `modules/textual_inversion/textual_inversion.py` (`load_from_file`): the name is the file stem;
+  `.safetensors` must be `clip_g` + `clip_l` or exactly one tensor (a flat file cannot hold `string_to_param`).
+- ComfyUI `comfy/sd1_clip.py` (`load_embed`): `embedding:<stem>` tries `.safetensors`, then `.pt`, then
+  `.bin`, so a same-stem `.pt` beside a `.safetensors` is silently shadowed; `.pt` via
+  `torch.load(weights_only=True)`; takes `string_to_param`, else the encoder's key (`clip_l`/`clip_g`),
+  else the first tensor.
+- kohya `gen_img.py` / `gen_img_diffusers.py`: the token is the file stem (`stem`, `stem1`, `stem2`... for
+  n vectors, n = first axis, so vectors stay 2-D); unwraps `string_to_param`, then takes the first tensor;
+  two files with one stem fail its "tokenizer has same word" assertion.
+- InvokeAI `invokeai/backend/model_manager/configs/textual_inversion.py` (`_get_base_or_raise`): the width
+  comes from `string_to_param` (when `string_to_token` is present), `emb_params` or `clip_g`, else from the
+  FIRST axis of the first tensor, so diffusers' {token: [n, 768]} is refused; `model_on_disk.py`: the name
+  is the stem and a `.pt` must pass picklescan.
+- diffusers `src/diffusers/loaders/textual_inversion.py` (`_retrieve_tokens_and_embeddings`): a one-key file
+  registers its key; else `string_to_param["*"]` under `name`; `.pt` read with `torch.load(weights_only=True)`.
+
+So one file satisfies all five: the A1111 `.pt` named `<stem>.pt` with `name` = the token (`<deku-tree>`:
+diffusers registers it; the others use the stem `deku-tree`), written as the trimmed zip above. No flat
+`.safetensors` can: diffusers needs the token as the key, InvokeAI then reads n as the width.
+`{"emb_params": ...}` is the pickle-free one that A1111, ComfyUI, kohya and InvokeAI name by the stem.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,32 +53,82 @@ from .atomic import atomic_write
 from .errors import UserError
 
 A1111_STAR_TOKEN = 265  # the id A1111 records for "*"; informational only
+# The torch zip entries every AUTOMATIC1111 release's safe-unpickling check accepts.
+A1111_SAFE_ENTRIES = re.compile(r"^[^/]+/(data\.pkl|data/\d+|version)$")
+_ALIGN = 64  # torch aligns tensor data to 64 bytes in its zips (mmap loading); keep that
+KOHYA_KEY = "emb_params"
+SD_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x"}
+SDXL_WIDTHS = {"clip_l": 768, "clip_g": 1280}
 
 
 @dataclass
 class LoadedEmbedding:
     token: str | None  # the placeholder the file names (None when the layout carries no name)
-    vectors: torch.Tensor  # [num_vectors, dim], fp32
-    layout: str  # diffusers | a1111 | kohya
+    vectors: torch.Tensor  # [num_vectors, dim], fp32 (SDXL: the clip_l half)
+    layout: str  # diffusers | a1111 | kohya | sdxl
     path: Path
+    vectors_g: torch.Tensor | None = None  # SDXL only: the clip_g half [num_vectors, 1280]
+
+
+def _fp32(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors.detach().float().cpu().contiguous().clone()
 
 
 def save_diffusers(path: Path, token: str, vectors: torch.Tensor) -> Path:
-    tensors = {token: vectors.detach().float().cpu().contiguous()}
+    tensors = {token: _fp32(vectors)}
+    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+
+
+def save_kohya(path: Path, vectors: torch.Tensor) -> Path:
+    """{"emb_params": [n, dim]}: named after the file stem by A1111, ComfyUI, kohya and InvokeAI."""
+    return _save_tensors(path, {KOHYA_KEY: _fp32(vectors)})
+
+
+def save_sdxl(path: Path, clip_l: torch.Tensor, clip_g: torch.Tensor) -> Path:
+    """kohya/A1111 SDXL layout {"clip_l": [n, 768], "clip_g": [n, 1280]}."""
+    return _save_tensors(path, {"clip_l": _fp32(clip_l), "clip_g": _fp32(clip_g)})
+
+
+def _save_tensors(path: Path, tensors: dict) -> Path:
+    if Path(path).suffix == ".pt":
+        return atomic_write(path, lambda p: p.write_bytes(a1111_safe_torch_bytes(tensors)))
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
 
 
 def save_a1111(path: Path, name: str, vectors: torch.Tensor, step: int = 0, sd_checkpoint: str | None = None,
                sd_checkpoint_name: str | None = None) -> Path:
+    """A1111 layout; `name` is what diffusers registers (the other tools use the file stem)."""
     data = {
         "string_to_token": {"*": A1111_STAR_TOKEN},
-        "string_to_param": {"*": vectors.detach().float().cpu().clone()},
+        "string_to_param": {"*": _fp32(vectors)},
         "name": name,
         "step": int(step),
         "sd_checkpoint": sd_checkpoint,
         "sd_checkpoint_name": sd_checkpoint_name,
     }
-    return atomic_write(path, lambda p: torch.save(data, p))
+    return atomic_write(path, lambda p: p.write_bytes(a1111_safe_torch_bytes(data)))
+
+
+def a1111_safe_torch_bytes(obj) -> bytes:
+    """torch.save's zip with only the entries A1111's safe check allows (see the module docstring).
+
+    Dropped: `.format_version`, `.storage_alignment` (torch falls back to its defaults), `byteorder`
+    (torch then reads little-endian, which is what we write) and `.data/serialization_id`.
+    """
+    saved = io.BytesIO()
+    torch.save(obj, saved)
+    out = io.BytesIO()
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for entry in src.infolist():
+            if not A1111_SAFE_ENTRIES.match(entry.filename):
+                continue
+            info = zipfile.ZipInfo(entry.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            # pad the local header's extra field so the data starts on a 64-byte boundary, as torch does
+            data_start = out.tell() + 30 + len(entry.filename.encode()) + 4
+            pad = -data_start % _ALIGN
+            info.extra = b"FB" + pad.to_bytes(2, "little") + b"\0" * pad
+            dst.writestr(info, src.read(entry))
+    return out.getvalue()
 
 
 def _read(path: Path) -> dict:
@@ -66,8 +149,18 @@ def _read(path: Path) -> dict:
                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
 
 
-def load_embedding(path: str | Path, expected_dim: int | None = None) -> LoadedEmbedding:
-    """Read any of the three layouts; report wrong dimensions, unknown layouts and several tokens."""
+def _as_matrix(path: Path, vectors, what: str = "the embedding") -> torch.Tensor:
+    if not isinstance(vectors, torch.Tensor):
+        raise UserError(f"{path}: {what} is a {type(vectors).__name__}, not a tensor")
+    if vectors.ndim == 1:
+        vectors = vectors.unsqueeze(0)
+    if vectors.ndim != 2:
+        raise UserError(f"{path}: {what} has shape {tuple(vectors.shape)}; expected [num_vectors, dim]")
+    return vectors.float()
+
+
+def read_embedding(path: str | Path) -> LoadedEmbedding:
+    """Any of the layouts, SDXL included; reports unknown layouts and several tokens."""
     path = Path(path)
     data = _read(path)
     if not isinstance(data, dict):
@@ -75,25 +168,35 @@ def load_embedding(path: str | Path, expected_dim: int | None = None) -> LoadedE
     if "string_to_param" in data:
         params = data["string_to_param"]
         if not isinstance(params, dict) or len(params) != 1:
-            raise UserError(f"{path}: A1111 file with {len(params) if isinstance(params, dict) else 0} tokens; expected exactly one")
+            raise UserError(f"{path}: A1111 file with {len(params) if isinstance(params, dict) else 0} tokens; "
+                            "expected exactly one")
         token, vectors, layout = data.get("name") or path.stem, next(iter(params.values())), "a1111"
-    elif "emb_params" in data:
-        token, vectors, layout = None, data["emb_params"], "kohya"
+    elif KOHYA_KEY in data:
+        token, vectors, layout = None, data[KOHYA_KEY], "kohya"
     elif "clip_l" in data or "clip_g" in data:
-        raise UserError(f"{path} is an SDXL embedding (clip_l/clip_g); this project trains SD 1.x/2.x text encoders")
+        if set(data) != {"clip_l", "clip_g"}:
+            raise UserError(f"{path}: SDXL embedding with keys {sorted(map(str, data))}; expected clip_l and clip_g")
+        clip_l, clip_g = (_as_matrix(path, data[k], k) for k in ("clip_l", "clip_g"))
+        if clip_l.shape[0] != clip_g.shape[0]:
+            raise UserError(f"{path}: clip_l has {clip_l.shape[0]} vectors and clip_g {clip_g.shape[0]}; "
+                            "expected the same count")
+        return LoadedEmbedding(None, clip_l, "sdxl", path, vectors_g=clip_g)
     else:
         tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
         if len(tensors) != 1 or len(tensors) != len(data):
             raise UserError(f"{path}: unknown embedding layout with keys {sorted(map(str, data))[:6]}; expected "
-                            "diffusers {token: tensor}, A1111 string_to_param, or kohya emb_params")
+                            "diffusers {token: tensor}, A1111 string_to_param, kohya emb_params or SDXL clip_l/clip_g")
         (token, vectors), layout = next(iter(tensors.items())), "diffusers"
-    if not isinstance(vectors, torch.Tensor):
-        raise UserError(f"{path}: the embedding is a {type(vectors).__name__}, not a tensor")
-    if vectors.ndim == 1:
-        vectors = vectors.unsqueeze(0)
-    if vectors.ndim != 2:
-        raise UserError(f"{path}: embedding has shape {tuple(vectors.shape)}; expected [num_vectors, dim]")
-    if expected_dim is not None and vectors.shape[1] != expected_dim:
-        raise UserError(f"{path}: embedding dimension {vectors.shape[1]} does not match this model's text encoder "
-                        f"({expected_dim}); it was trained for another model (768 = SD 1.x, 1024 = SD 2.x)")
-    return LoadedEmbedding(token, vectors.float(), layout, path)
+    return LoadedEmbedding(token, _as_matrix(path, vectors), layout, path)
+
+
+def load_embedding(path: str | Path, expected_dim: int | None = None) -> LoadedEmbedding:
+    """One text encoder's embedding (SD 1.x/2.x); checks the width against the model when given."""
+    emb = read_embedding(path)
+    if emb.layout == "sdxl":
+        raise UserError(f"{emb.path} is an SDXL embedding (clip_l/clip_g); this project trains SD 1.x/2.x text "
+                        "encoders")
+    if expected_dim is not None and emb.vectors.shape[1] != expected_dim:
+        raise UserError(f"{emb.path}: embedding dimension {emb.vectors.shape[1]} does not match this model's text "
+                        f"encoder ({expected_dim}); it was trained for another model (768 = SD 1.x, 1024 = SD 2.x)")
+    return emb

@@ -153,12 +153,12 @@ class TextualInversionModule(L.LightningModule):
             self.vectors.copy_(self._last_good if self._last_good is not None else torch.nan_to_num(vectors))
         run_dir = Path(self.trainer.default_root_dir)
         if self.trainer.is_global_zero:
-            from .callbacks import write_embedding_files
+            from .run_files import write_embedding_files
             write_embedding_files(run_dir, self, self.global_step, suffix="-last-good")
         loss = outputs["loss"].item() if isinstance(outputs, dict) else float("nan")
         raise NumericalFault(
             f"training diverged at step {self.global_step} (loss {loss}, non-finite embedding); the last good "
-            f"embedding is in {run_dir}/learned_embeds-last-good.safetensors; lower lr= or use trainer.precision=32")
+            f"embedding is in {run_dir}/{self.placeholder.name}-last-good.pt; lower lr= or use trainer.precision=32")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

@@ -1,0 +1,208 @@
+"""Each tool's documented rule for loading an embedding folder, restated as a check (facts from their sources;
+see src/textinv/formats.py). Each `*_folder` returns {name the prompt uses: vectors} or raises ToolRefused
+with the tool's reason. None of this imports or copies the tools' code.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+EXTENSIONS = (".safetensors", ".pt", ".bin")
+
+
+class ToolRefused(Exception):
+    pass
+
+
+def embedding_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in EXTENSIONS)
+
+
+# --- AUTOMATIC1111 v1.10: modules/safe.py + modules/textual_inversion/textual_inversion.py ----------
+A1111_ZIP_NAMES = re.compile(r"^([^/]+)/((data/\d+)|version|byteorder|.data/serialization_id|(data\.pkl))$")
+A1111_ZIP_NAMES_OLD = re.compile(r"^([^/]+)/((data/\d+)|version|(data\.pkl))$")  # releases before byteorder
+A1111_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+                 ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+                 ("torch", "FloatStorage"), ("torch", "HalfStorage"), ("torch", "IntStorage"),
+                 ("torch", "LongStorage"), ("torch", "DoubleStorage"), ("torch", "ByteStorage"),
+                 ("torch", "float32"), ("torch", "BFloat16Storage"), ("__builtin__", "set")}
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Resolves nothing: records each global and refuses those outside A1111's list."""
+
+    def find_class(self, module, name):
+        if (module, name) not in A1111_GLOBALS:
+            raise ToolRefused(f"global '{module}/{name}' is forbidden")
+        return lambda *args, **kwargs: None
+
+    def persistent_load(self, saved_id):
+        if saved_id[0] != "storage":
+            raise ToolRefused("persistent id is not a storage")
+
+
+def a1111_safe_check(path: Path) -> None:
+    """safe.py's check_pt: zip entry names, then the pickle's globals (the legacy non-zip branch too)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            for pattern in (A1111_ZIP_NAMES, A1111_ZIP_NAMES_OLD):
+                bad = [n for n in names if not pattern.match(n)]
+                if bad:
+                    raise ToolRefused(f"bad file inside {path.name}: {bad[0]} (may be malicious)")
+            pkl = [n for n in names if re.match(r"^([^/]+)/data\.pkl$", n)]
+            if len(pkl) != 1:
+                raise ToolRefused(f"{len(pkl)} data.pkl in {path.name}")
+            _AllowListUnpickler(io.BytesIO(z.read(pkl[0]))).load()
+    except zipfile.BadZipFile:
+        with open(path, "rb") as f:
+            unpickler = _AllowListUnpickler(f)
+            for _ in range(5):
+                unpickler.load()
+
+
+def a1111_folder(folder: Path) -> dict[str, torch.Tensor]:
+    found = {}
+    for path in embedding_files(folder):
+        name = path.stem  # load_from_file: the file name without extension
+        if path.suffix == ".safetensors":
+            data = load_file(str(path))
+        else:
+            a1111_safe_check(path)
+            data = torch.load(path, map_location="cpu", weights_only=False)  # what A1111 does once checked
+        if "string_to_param" in data:
+            params = data["string_to_param"]
+            if len(params) != 1:
+                raise ToolRefused("embedding file has multiple terms in it")
+            vec = next(iter(params.values()))
+        elif "clip_g" in data and "clip_l" in data:
+            raise ToolRefused("SDXL embedding: skipped by an SD 1.x model")
+        elif isinstance(next(iter(data.values())), torch.Tensor):
+            if len(data) != 1:
+                raise ToolRefused("embedding file has multiple terms in it")
+            vec = next(iter(data.values()))
+        else:
+            raise ToolRefused(f"Couldn't identify {path.name}")
+        vec = vec.unsqueeze(0) if vec.ndim == 1 else vec
+        if name in found:
+            raise ToolRefused(f"two files named {name}")
+        found[name] = vec.float()
+    return found
+
+
+# --- ComfyUI: comfy/sd1_clip.py load_embed ---------------------------------------------------------
+def comfyui_embedding(folder: Path, name: str, embed_key: str = "clip_l") -> torch.Tensor | None:
+    """`embedding:<name>`: the exact file, else <name>.safetensors, .pt, .bin in that order."""
+    path = folder / name
+    if not path.is_file():
+        path = next((folder / f"{name}{ext}" for ext in EXTENSIONS if (folder / f"{name}{ext}").is_file()), None)
+    if path is None:
+        return None
+    if path.suffix == ".safetensors":
+        data = load_file(str(path))
+    else:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # ComfyUI then falls back to reading raw floats out of the zip: a guess
+            raise ToolRefused(f"weights_only load failed: {err}") from err
+    if "string_to_param" in data:
+        return next(iter(data["string_to_param"].values()))
+    if embed_key in data:
+        return data[embed_key]
+    return next(iter(data.values()))
+
+
+def comfyui_folder(folder: Path) -> dict[str, torch.Tensor]:
+    stems = [p.stem for p in embedding_files(folder)]
+    shadowed = {s for s in stems if stems.count(s) > 1}
+    if shadowed:  # embedding:<stem> reaches only the first extension: the other file is silently unused
+        raise ToolRefused(f"same stem twice, one file shadowed: {sorted(shadowed)}")
+    return {s: comfyui_embedding(folder, s) for s in stems}
+
+
+# --- kohya sd-scripts: gen_img.py / gen_img_diffusers.py ----------------------------------------------
+def kohya_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """Every file passed with --textual_inversion_embeddings; tokens `stem`, `stem1`, ... per vector."""
+    added: set[str] = set()
+    found = {}
+    for path in embedding_files(folder):
+        data = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu")
+        if "string_to_param" in data:
+            data = data["string_to_param"]
+        embeds = next(iter(data.values()))
+        if not isinstance(embeds, torch.Tensor):
+            raise ToolRefused("weight file does not contain a Tensor")
+        stem = path.stem
+        tokens = [stem] + [f"{stem}{i + 1}" for i in range(embeds.size()[0] - 1)]
+        if added & set(tokens):
+            raise ToolRefused(f"tokenizer has same word to token string (filename): {path.name}")
+        added |= set(tokens)
+        found[stem] = embeds
+    return found
+
+
+# --- InvokeAI: model_manager/configs/textual_inversion.py + model_on_disk.py ------------------------------
+INVOKEAI_WIDTHS = {768: "sd-1", 1024: "sd-2", 1280: "sdxl"}
+
+
+def invokeai_width(data: dict) -> int:
+    """_get_base_or_raise: which axis holds the width depends on the keys."""
+    if "string_to_token" in data:
+        return list(data["string_to_param"].values())[0].shape[-1]
+    if "emb_params" in data:
+        return data["emb_params"].shape[-1]
+    if "clip_g" in data:
+        return data["clip_g"].shape[-1]
+    return list(data.values())[0].shape[0]  # the first axis: n for a [n, dim] diffusers file
+
+
+def invokeai_folder(folder: Path) -> dict[str, torch.Tensor]:
+    found = {}
+    for path in embedding_files(folder):
+        if path.suffix == ".safetensors":
+            data = load_file(str(path))
+        else:
+            a1111_safe_check(path)  # stands in for picklescan: a stricter list of globals
+            data = torch.load(path, map_location="cpu")
+        width = invokeai_width(data)
+        if width not in INVOKEAI_WIDTHS:
+            raise ToolRefused(f"{path.name}: unrecognized token dimension {width}")
+        if "string_to_param" in data:
+            emb = next(iter(data["string_to_param"].values()))
+        elif "emb_params" in data:
+            emb = data["emb_params"]
+        else:
+            emb = next(iter(data.values()))
+        found[path.stem] = emb.unsqueeze(0) if emb.ndim == 1 else emb
+    return found
+
+
+# --- diffusers: loaders/textual_inversion.py _retrieve_tokens_and_embeddings --------------------------------
+def diffusers_token(data: dict) -> tuple[str, torch.Tensor]:
+    if len(data) == 1:
+        return next(iter(data.items()))
+    if "string_to_param" in data:
+        return data["name"], data["string_to_param"]["*"]
+    raise ToolRefused("Loaded state dictionary is incorrect")
+
+
+def diffusers_folder(folder: Path) -> dict[str, torch.Tensor]:
+    found = {}
+    for path in embedding_files(folder):
+        data = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+        token, emb = diffusers_token(data)
+        if token in found:
+            raise ToolRefused(f"Token {token} already in tokenizer vocabulary")
+        found[token] = emb
+    return found
+
+
+TOOLS = {"automatic1111": a1111_folder, "comfyui": comfyui_folder, "kohya": kohya_folder,
+         "invokeai": invokeai_folder, "diffusers": diffusers_folder}
