@@ -105,6 +105,9 @@ def table1_markdown(rows: Sequence[dict], runs: Sequence[RunResult], warnings: S
         text += ["", "FID/KID are biased here: fewer samples than Inception feature dimensions (few-shot sets)."]
     if any((r.settings.get("clip") or {}).get("weights") == "random" for r in runs):
         text += ["", "**CLIP with random weights (demo/tests): these numbers mean nothing.**"]
+    if any((r.settings.get("clip") or {}).get("arch") == "toyworld" for r in runs):
+        text += ["", "**Toy-world numbers**: the miniature world's own CLIP (textinv.toyworld) scores them; compare "
+                 "them with each other, not with real Stable Diffusion's or the study's."]
     for w in warnings:
         text += ["", f"Warning: {w}."]
     text += ["", "Reported in the study: " + "; ".join(

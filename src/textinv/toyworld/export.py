@@ -33,6 +33,8 @@ def export_sd(folder: Path, vae, tokenizer, text_encoder, unet) -> None:
     # Real SD 1.x folders ship a PNDM scheduler config over the same training schedule.
     schedule = {k: v for k, v in SD_SCHEDULE.items() if k != "clip_sample"}
     scheduler = PNDMScheduler(**schedule, skip_prk_steps=True, set_alpha_to_one=False)
+    # as in SD 1.5's scheduler_config.json: DDPM/DDIM built from it must not clip latents to [-1, 1]
+    scheduler.register_to_config(clip_sample=False)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
