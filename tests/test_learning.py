@@ -1,6 +1,6 @@
 """Proof that training learns: textual inversion in the pretrained miniature world (textinv.toyworld).
 
-One CI-sized run of the object concept toy_heart (an orange hatched heart the world never names) through
+One CI-sized run of the object concept toy_heart (an orange outlined heart the world never names) through
 the real train.py. Its step-0 evaluation is the SD row (the initializer word "shape": step 0 reproduces
 the baseline pixel for pixel, see test_table.py); the final evaluation is the SD + TI row. It fails when
 learning breaks: a wrong loss target, latent scale, placeholder swap or latent cache leaves the images

@@ -126,8 +126,8 @@ def test_world_clip_scores_matching_captions_above_others():
 def _micro(work: Path, out: Path, minutes: float | None) -> int:
     from textinv.toyworld.pretrain import Recipe, pretrain
 
-    recipe = Recipe(num_scenes=48, vae_steps=3, vae_batch=4, t2i_steps=3, t2i_batch=4, clip_steps=3, clip_batch=8,
-                    cls_steps=3, cls_batch=4, report_images=2)
+    recipe = Recipe(num_scenes=48, vae_steps=2, vae_batch=4, t2i_steps=2, t2i_batch=4, clip_steps=2, clip_batch=8,
+                    cls_steps=2, cls_batch=4, report_images=2)
     try:
         pretrain(work, out, recipe, minutes)
     except SystemExit as stop:
@@ -140,10 +140,10 @@ def test_pretraining_in_pieces_gives_the_same_weights_as_one_go(tmp_path):
     pieces = 1
     while _micro(tmp_path / "w2", tmp_path / "o2", 1e-9) == 75:  # stop after every single step
         pieces += 1
-    assert pieces > 10  # it really was cut into pieces
+    assert pieces >= 8  # it really was cut into pieces: one per step
     one = (tmp_path / "o1" / "SHA256SUMS").read_text()
     many = (tmp_path / "o2" / "SHA256SUMS").read_text()
     weights = [line for line in one.splitlines() if "safetensors" in line]
     assert len(weights) == 6 and all(line in many for line in weights)
     curve = (tmp_path / "o2" / "curves" / "t2i.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in curve[1:]] == ["0", "1", "2"]  # no step logged twice
+    assert [row.split(",")[0] for row in curve[1:]] == ["0", "1"]  # no step logged twice

@@ -39,7 +39,7 @@ PREFIXES = ("a photo of", "a drawing of", "a painting of", "a rendering of", "a 
 ARTICLES = ("a", "the", "one")
 
 # Looks never captioned in full: the object concepts of conf/concept/toy_*.yaml.
-RESERVED_LOOKS = ({"shape": "heart", "color": "orange", "style": "hatched"},)
+RESERVED_LOOKS = ({"shape": "heart", "color": "orange", "style": "outlined"},)
 
 WORLD_SIZE = 64  # pixels: what the pretrained models see
 SUPERSAMPLE = 3  # drawn larger, then downsampled: anti-aliased edges
