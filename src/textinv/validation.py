@@ -34,7 +34,7 @@ PRECISIONS = Literal[32, 64, 16, "32", "64", "16", "bf16", "32-true", "64-true",
 
 # key -> (type, what is allowed, as the error says it)
 TRAIN_RULES: dict[str, tuple[Any, str]] = {
-    "lr": (Num(gt=0, le=10), "a positive number (at most 10), e.g. lr=5e-4"),
+    "lr": (Num(gt=0), "a positive number, e.g. lr=5e-4 (a too large one stops with a NaN report, exit 3)"),
     "steps": (Int(ge=1, le=10_000_000), "a positive number of optimizer steps (whole), e.g. steps=3000"),
     "seed": (SEED, "a whole number from 0 to 2**32-1"),
     "init": (Union[Str, None], "a word such as init=tree"),
