@@ -28,7 +28,7 @@ SEED = Int(ge=0, le=2**32 - 1)  # what seed_everything takes
 MAX_NAME = 100
 PLACEHOLDER = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_NAME,
                                    pattern=r"^[^/\\\x00-\x1f\x7f\s]+$")]
-NAME = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9_.+=,@-]+$")]
+NAME = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_NAME, pattern=r"^[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]*$")]
 PRECISIONS = Literal[32, 64, 16, "32", "64", "16", "bf16", "32-true", "64-true", "16-mixed", "bf16-mixed", "16-true",
                      "bf16-true", "transformer-engine"]
 
@@ -40,7 +40,8 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
     "init": (Union[Str, None], "a word such as init=tree"),
     "baseline": (Bool, "true or false"),
     "ckpt_path": (Union[Str, None], "a .ckpt file or 'last'"),
-    "concept.name": (NAME, f"a folder-safe name (letters, digits, _ . - + = , @; at most {MAX_NAME} characters)"),
+    "concept.name": (NAME, f"a folder-safe name (no path separators or control characters, not starting with a dot, "
+                           f"at most {MAX_NAME} characters)"),
     "concept.placeholder": (PLACEHOLDER, f"one word without path separators, whitespace or control characters, at most "
                                          f"{MAX_NAME} characters, e.g. concept.placeholder='<my-cat>'"),
     "concept.initializer": (Union[Str, None], "a word such as tree"),
