@@ -85,7 +85,7 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
     "eval.num_images": (Int(ge=1, le=100_000), "a whole number >= 1 (images per prompt)"),
     "eval.sampler_steps": (Int(ge=1, le=10_000), "a whole number >= 1"),
     "eval.guidance_scale": (Num(ge=0, le=100), "a number from 0 to 100 (1 or less: no guidance)"),
-    "eval.scheduler": (Literal["ddim", "dpm"], "ddim or dpm"),
+    "eval.scheduler": (Literal["ddim", "dpm"], "is unknown; use one of ddim, dpm"),
     "eval.negative_prompt": (Union[Str, None], "a string"),
     "eval.seed": (SEED, "a whole number from 0 to 2**32-1"),
     "eval.batch_size": (Int(ge=1, le=1024), "a whole number >= 1"),
@@ -105,7 +105,7 @@ GENERATE_RULES: dict[str, tuple[Any, str]] = {
     "seed": (SEED, "a whole number from 0 to 2**32-1"),
     "steps": (Int(ge=1, le=10_000), "a positive whole number"),
     "guidance_scale": (Num(ge=0, le=100), "a number from 0 to 100 (1 or less: no guidance)"),
-    "scheduler": (Literal["ddim", "dpm"], "ddim or dpm"),
+    "scheduler": (Literal["ddim", "dpm"], "is unknown; use one of ddim, dpm"),
     "negative_prompt": (Union[Str, None], "a string"),
     "height": (Union[Int(ge=8, le=4096), None], "null or a multiple of 8 from 8 to 4096"),
     "width": (Union[Int(ge=8, le=4096), None], "null or a multiple of 8 from 8 to 4096"),
@@ -129,7 +129,8 @@ def check_value(key: str, value: Any, rules: dict[str, tuple[Any, str]] = TRAIN_
     try:
         _adapter(tp).validate_python(value)
     except ValidationError:
-        raise UserError(f"{key}={_shown(value)} must be {allowed}") from None
+        verb = "" if allowed.startswith("is ") else "must be "  # "is unknown; use ..." reads better for names
+        raise UserError(f"{key}={_shown(value)} {verb}{allowed}") from None
 
 
 def validate(cfg: DictConfig, rules: dict[str, tuple[Any, str]] = TRAIN_RULES) -> None:
