@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from textinv.atomic import atomic_write, atomic_write_text
-from textinv.cli import exit_on_user_error, script_logging
+from textinv.cli import exit_on_user_error, out_folder, script_logging
 from textinv.errors import UserError
 from textinv.report import fmt
 from textinv.results import BASELINE_ROW, TI_ROW, RunResult, find_run_dirs, load_run
@@ -292,13 +292,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     c = sub.add_parser("compare", help="vanilla SD vs SD + TI, same prompt and seed (Figures 5-8)")
     c.add_argument("--baseline", required=True, help="a baseline=true run directory")
     c.add_argument("--ti", required=True, help="a trained run directory")
-    c.add_argument("--out", type=Path, required=True, help="output folder")
+    c.add_argument("--out", type=out_folder, required=True, help="output folder")
     c.add_argument("--images", type=positive, default=4, help="images per prompt (columns), default 4")
     c.add_argument("--cell", type=positive, default=256, help="cell width in pixels, default 256")
     c.add_argument("--step", type=int, help="the TI run's evaluated step (default: its final evaluation)")
     s = sub.add_parser("steps", help="one concept across training-step evaluations (Figure 2)")
     s.add_argument("--run", required=True, help="a trained run directory")
-    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--out", type=out_folder, required=True, help="output folder")
     s.add_argument("--images", type=positive, default=4, help="images per step (columns), default 4")
     s.add_argument("--cell", type=positive, default=128, help="cell width in pixels, default 128")
     s.add_argument("--prompt", type=int, default=0, help="prompt index (0 = reconstruction prompt)")

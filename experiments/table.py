@@ -15,10 +15,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from textinv.atomic import atomic_write_text
+from textinv.atomic import atomic_write_text, confined
 from textinv.cli import exit_on_user_error, results_parser, script_logging
 from textinv.report import log_wandb, run_csv_rows, table1_markdown, table_csv_rows, tradeoff_plot, write_csv
-from textinv.results import aggregate, comparability_warnings, load_runs
+from textinv.results import aggregate, comparability_warnings, load_runs, model_row_key
 
 log = logging.getLogger("textinv.table")
 
@@ -34,18 +34,19 @@ def main(argv=None) -> dict:
     warnings = comparability_warnings(runs)
     for w in warnings:
         log.warning(w)
-    rows = aggregate(runs)
+    rows = aggregate(runs, key=model_row_key(runs))
     out: Path = args.out
     table_rows, run_rows = table_csv_rows(rows), run_csv_rows(runs)
-    files = {
-        "table.md": atomic_write_text(out / "table.md", table1_markdown(rows, runs, warnings)),
-        "table.csv": write_csv(out / "table.csv", table_rows),
-        "runs.csv": write_csv(out / "runs.csv", run_rows),
-        "tradeoff.png": tradeoff_plot(out / "tradeoff.png", runs, rows),
-    }
-    if not args.no_wandb:
-        files["wandb"] = log_wandb(out, {"table1": table_rows, "runs": run_rows}, {"tradeoff": files["tradeoff.png"]},
-                                   name="table1")
+    with confined(out):  # every file lands in --out
+        files = {
+            "table.md": atomic_write_text(out / "table.md", table1_markdown(rows, runs, warnings)),
+            "table.csv": write_csv(out / "table.csv", table_rows),
+            "runs.csv": write_csv(out / "runs.csv", run_rows),
+            "tradeoff.png": tradeoff_plot(out / "tradeoff.png", runs, rows),
+        }
+        if not args.no_wandb:
+            files["wandb"] = log_wandb(out, {"table1": table_rows, "runs": run_rows}, {"tradeoff": files["tradeoff.png"]},
+                                       name="table1")
     print((out / "table.md").read_text().split("\n## Runs")[0].rstrip())
     print(f"\nwrote {', '.join(str(f) for f in files.values() if f)}")
     return files

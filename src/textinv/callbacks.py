@@ -14,6 +14,7 @@ import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .atomic import atomic_path, atomic_write_text
+from .invariants import report_unchanged, unchanged_rows
 from .run_files import write_embedding_files
 
 log = logging.getLogger(__name__)
@@ -39,22 +40,39 @@ class EmbeddingWriter(L.Callback):
             write_embedding_files(self.run_dir / "snapshots", pl_module, step, suffix=f"-step{step:06d}")
             self._last_written = step
 
+    def _finished(self, trainer) -> bool:
+        return trainer.is_global_zero and not trainer.interrupted and trainer.global_step >= trainer.max_steps
+
     def on_train_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.interrupted or trainer.global_step < trainer.max_steps:
+        """The embedding first: written before the final evaluation, so a failing evaluation loses nothing."""
+        self._files = []
+        if not self._finished(trainer):
             return  # stopped early (signal): not a finished run
-        step = trainer.global_step
-        files = write_embedding_files(self.run_dir, pl_module, step)
+        self._files = write_embedding_files(self.run_dir, pl_module, trainer.global_step)
+        log.info("wrote %s in %s", ", ".join(str(p.relative_to(self.run_dir)) for p in self._files), self.run_dir)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        """run.json last, after the final evaluation: the run finished, and what went wrong on the way."""
+        if not self._finished(trainer) or not getattr(self, "_files", None):
+            return
+        unchanged = unchanged_rows(pl_module.initial_vectors, pl_module.vectors)
         summary = {
             "finished": True,
-            "step": step,
+            "step": trainer.global_step,
             "placeholder": pl_module.placeholder.token,
             "tokens": pl_module.placeholder.tokens,
             "num_vectors": pl_module.placeholder.num_vectors,
             "model": pl_module.model_name,
-            "files": [str(p.relative_to(self.run_dir)) for p in files],
+            "files": [str(p.relative_to(self.run_dir)) for p in self._files],
         }
+        why = report_unchanged(unchanged, pl_module.placeholder.tokens, pl_module.optim.lr)
+        if why:
+            summary["unchanged_vectors"] = {"tokens": [pl_module.placeholder.tokens[i] for i in unchanged],
+                                            "why": why}
+        failures = [f for cb in trainer.callbacks for f in getattr(cb, "failures", [])]
+        if failures:
+            summary["evaluation_failures"] = failures
         atomic_write_text(self.run_dir / FINISHED_MARKER, json.dumps(summary, indent=2))  # written last
-        log.info("wrote %s in %s", ", ".join(str(p.relative_to(self.run_dir)) for p in files), self.run_dir)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

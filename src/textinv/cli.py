@@ -10,7 +10,8 @@ import sys
 from .errors import UserError
 
 # Disk full, read-only or forbidden output: the user's environment, not a bug.
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.ENOTDIR}
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.ENOTDIR,
+                       errno.ENAMETOOLONG, errno.EISDIR, errno.EIO}
 
 
 def exit_on_user_error(fn):
@@ -63,6 +64,21 @@ def check_output_dir_override(argv: list[str]) -> None:
                 sys.exit(2)
 
 
+def out_folder(value: str):
+    """--out: a folder (made if missing), never an existing file; its files are written inside it only."""
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"--out {value}: {probe} is an existing file, not a folder; choose a folder")
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"--out {value}: {probe} is not writable; choose a writable folder")
+    return path
+
+
 def results_parser(doc: str, metavar: str):
     """The arguments experiments/table.py and sweep.py share: runs to read, where to write, W&B, unfinished runs."""
     import argparse
@@ -71,7 +87,7 @@ def results_parser(doc: str, metavar: str):
     p = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=doc)
     p.add_argument("runs", nargs="+", metavar=metavar, help="run directories or sweep folders holding them")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=out_folder, required=True, help="output folder")
     p.add_argument("--no-wandb", action="store_true", help="do not log an (offline) W&B run")
     p.add_argument("--include-unfinished", action="store_true",
                    help="also use runs without run.json (their latest evaluation)")

@@ -124,6 +124,10 @@ class ConceptDataset(Dataset):
             return caption
         return f"{text}, {caption}"
 
+    def all_prompts(self) -> list[str]:
+        """Every prompt a sample can get: each template with each image's caption (run invariants)."""
+        return list(dict.fromkeys(self.prompt(i, t) for i in range(len(self.images)) for t in range(len(self.templates))))
+
     def __getitem__(self, i: int) -> dict:
         image = self.image_index(i)
         rng = _rng(self.seed, i, 29)

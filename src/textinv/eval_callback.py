@@ -36,6 +36,7 @@ class EvaluationCallback(L.Callback):
         self.cfg, self.evaluator, self.run_dir, self.header = cfg, evaluator, Path(run_dir), header
         self.generator = None
         self.evaluations: list[dict] = []
+        self.failures: list[dict] = []  # evaluations that raised: recorded in run.json, training goes on
         self._last = -1
 
     @property
@@ -45,8 +46,13 @@ class EvaluationCallback(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         step = trainer.global_step
         if self.metrics_path.is_file():  # resumed: keep evaluations of steps already behind us
-            self.evaluations = [e for e in json.loads(self.metrics_path.read_text())["evaluations"]
-                                if e["step"] <= step]
+            try:
+                old = json.loads(self.metrics_path.read_text(encoding="utf-8"))["evaluations"]
+                self.evaluations = [e for e in old if isinstance(e, dict) and int(e["step"]) <= step]
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+                log.warning("ignoring the unreadable %s (%s): earlier evaluations are not kept", self.metrics_path,
+                            err)
+                self.evaluations = []
             self._last = self.evaluations[-1]["step"] if self.evaluations else -1
         if step == 0 and 0 in self.cfg.at_steps:
             self.evaluate(trainer, pl_module)
@@ -63,6 +69,15 @@ class EvaluationCallback(L.Callback):
         step = self._last = trainer.global_step
         if not trainer.is_global_zero or self.evaluator is None:
             return  # the other ranks go on and wait at their next gradient all-reduce
+        try:
+            self._evaluate(trainer, pl_module, step)
+        except Exception as err:  # noqa: BLE001 - an evaluation must never cost the trained embedding
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            self.failures.append({"step": step, "error": f"{type(err).__name__}: {first}"})
+            log.error("evaluation at step %d failed (%s: %s); training and the embedding files are unaffected, "
+                      "run.json records the failure", step, type(err).__name__, first)
+
+    def _evaluate(self, trainer, pl_module, step: int) -> None:
         from .generation import ImageGenerator
 
         if self.generator is None:

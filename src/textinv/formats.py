@@ -156,6 +156,14 @@ def _as_matrix(path: Path, vectors, what: str = "the embedding") -> torch.Tensor
         vectors = vectors.unsqueeze(0)
     if vectors.ndim != 2:
         raise UserError(f"{path}: {what} has shape {tuple(vectors.shape)}; expected [num_vectors, dim]")
+    if vectors.numel() == 0:
+        raise UserError(f"{path}: {what} is empty (shape {tuple(vectors.shape)}); expected [num_vectors, dim]")
+    if not vectors.is_floating_point():
+        raise UserError(f"{path}: {what} holds {vectors.dtype} values; expected floating-point vectors")
+    if not torch.isfinite(vectors).all():  # NaN/inf vectors give black or noise images, silently
+        bad = int((~torch.isfinite(vectors)).sum())
+        raise UserError(f"{path}: {what} holds {bad} NaN/inf value(s); it comes from a diverged run, use an "
+                        "earlier snapshot or the -last-good file")
     return vectors.float()
 
 

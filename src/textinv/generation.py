@@ -304,10 +304,29 @@ def check_sampling(num_images: int, steps: int, batch_size: int, height: int, wi
 # --- the generate.py job ---------------------------------------------------------------------------
 def run_generate(cfg) -> Path:
     """`python generate.py`: checks first (no weights), then model + embeddings -> PNGs and images.json."""
+    from .run_lock import folder_lock
+    from .validation import GENERATE_RULES, validate
+
+    validate(cfg, GENERATE_RULES)
+    out_dir = Path(cfg.out_dir)
+    with folder_lock(out_dir):  # one process per output folder
+        refuse_earlier_outputs(out_dir)
+        return _run_generate(cfg, out_dir)
+
+
+def refuse_earlier_outputs(out_dir: Path) -> None:
+    """generate.py never overwrites: images or an index already there belong to an earlier call."""
+    earlier = [p.name for p in out_dir.glob("*") if p.suffix.lower() == ".png" or p.name == "images.json"]
+    if earlier:
+        raise UserError(f"{out_dir} already holds images of an earlier generate.py ({', '.join(sorted(earlier)[:3])}"
+                        f"{', ...' if len(earlier) > 3 else ''}); choose a new hydra.run.dir=... or move them away")
+
+
+def _run_generate(cfg, out_dir: Path) -> Path:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from .atomic import atomic_write, atomic_write_text
+    from .atomic import atomic_write, atomic_write_text, confined
     from .frozen_sd import ModelSource
 
     prompts = cfg.prompt if OmegaConf.is_list(cfg.prompt) else [cfg.prompt]
@@ -332,7 +351,6 @@ def run_generate(cfg) -> Path:
             log.warning("prompt %r uses none of the loaded tokens (%s): the embeddings have no effect on it",
                         prompt, ", ".join(names))
 
-    out_dir = Path(cfg.out_dir)
     frozen = source.load(tokenizer)
     generator = ImageGenerator.from_frozen(frozen, cfg.scheduler, progress=True)
     generator.load_embeddings(loaded, names)
@@ -341,19 +359,20 @@ def run_generate(cfg) -> Path:
     rows = generator.samples(prompts, cfg.num_images, cfg.seed, cfg.steps, cfg.guidance_scale,
                              cfg.negative_prompt or "", height, width, cfg.batch_size)
     records = []
-    for p, row in enumerate(rows):
-        for s in row:
-            name = f"{s.index:04d}.png" if len(prompts) == 1 else f"p{p:02d}-{s.index:04d}.png"
-            atomic_write(out_dir / name, lambda tmp, img=s.image: img.save(tmp, format="PNG"))
-            records.append({"file": name, "prompt": s.prompt, "seed": s.seed, "index": s.index})
-    summary = {
-        "model": source.name, "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
-        "negative_prompt": cfg.negative_prompt or "", "height": height, "width": width,
-        "embeddings": [{"file": str(e.path), "layout": e.layout, "token": n, "num_vectors": int(e.vectors.shape[0])}
-                       for e, n in zip(loaded, names)],
-        "images": records,
-    }
-    atomic_write_text(out_dir / "images.json", json.dumps(summary, indent=2))
+    with confined(out_dir):  # every file lands in the output folder
+        for p, row in enumerate(rows):
+            for s in row:
+                name = f"{s.index:04d}.png" if len(prompts) == 1 else f"p{p:02d}-{s.index:04d}.png"
+                atomic_write(out_dir / name, lambda tmp, img=s.image: img.save(tmp, format="PNG"))
+                records.append({"file": name, "prompt": s.prompt, "seed": s.seed, "index": s.index})
+        summary = {
+            "model": source.name, "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
+            "negative_prompt": cfg.negative_prompt or "", "height": height, "width": width,
+            "embeddings": [{"file": str(e.path), "layout": e.layout, "token": n,
+                            "num_vectors": int(e.vectors.shape[0])} for e, n in zip(loaded, names)],
+            "images": records,
+        }
+        atomic_write_text(out_dir / "images.json", json.dumps(summary, indent=2))
     log.info("wrote %d images to %s", len(records), out_dir)
     return out_dir
 

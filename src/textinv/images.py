@@ -14,6 +14,14 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".mpo", ".bmp", ".gif", ".tif", ".tiff"}
+SIDE_FILES = {".txt", ".json", ".md", ".yaml", ".yml", ".csv"}  # captions and notes beside images: not images
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def list_image_files(folder: Path) -> list[Path]:
@@ -22,16 +30,24 @@ def list_image_files(folder: Path) -> list[Path]:
         raise UserError(f"concept data folder {folder} does not exist; put 3-8 images there or set concept.data_dir=<folder>")
     if not folder.is_dir():
         raise UserError(f"concept.data_dir={folder} is not a folder; point it at a folder of images")
-    files = []
+    files, unsupported = [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         # is_file() follows links; a dangling or looping link is simply not a file.
-        if entry.name.startswith(".") or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+        if entry.name.startswith("."):
+            continue
+        if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+            if Path(entry.name).suffix.lower() not in SIDE_FILES and _is_file(entry):
+                unsupported.append(entry.name)
             continue
         try:
             if entry.is_file():
                 files.append(Path(entry.path))
         except OSError:
             log.warning("skipping %s: cannot stat it", entry.path)
+    if unsupported and files:  # never a silent drop: say which files are not used
+        log.warning("skipping %d file(s) of unsupported formats in %s (%s); use %s", len(unsupported), folder,
+                    ", ".join(unsupported[:5]) + (", ..." if len(unsupported) > 5 else ""),
+                    ", ".join(sorted(IMAGE_SUFFIXES)))
     if not files:
         raise UserError(f"concept data folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add 3-8 images of the concept")
     return files
@@ -84,6 +100,10 @@ def load_concept_images(folder: Path, min_side: int) -> tuple[list[Image.Image],
 def read_caption(image_path: Path) -> str | None:
     caption = image_path.with_suffix(".txt")
     if caption.is_file():
-        text = caption.read_text(encoding="utf-8", errors="replace").strip()
+        try:
+            text = caption.read_bytes().decode("utf-8-sig").strip()
+        except UnicodeDecodeError as err:  # garbled text would train on a wrong prompt: refuse
+            raise UserError(f"caption {caption} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it as "
+                            "UTF-8 or remove it") from None
         return text or None
     return None

@@ -56,6 +56,8 @@ class TextualInversionModule(L.LightningModule):
         self.latent_mean: torch.Tensor | None = None  # [N, 2 (plain, flipped), C, h, w]
         self.latent_std: torch.Tensor | None = None
         self._last_good: torch.Tensor | None = None
+        self.initial_vectors = self.vectors.detach().clone()  # run invariant: every trained row must move
+        self.identity: dict = {}  # what checkpoints belong to (textinv.resume), set by textinv.run
         self.strict_loading = False  # checkpoints hold only the trainable vectors
         # DDP: only the vectors are synchronised; frozen weights are identical on every rank already.
         self._ddp_params_and_buffers_to_ignore = [n for n, p in self.named_parameters() if not p.requires_grad] + [
@@ -191,6 +193,10 @@ class TextualInversionModule(L.LightningModule):
         checkpoint["state_dict"] = {self.vectors_key: self.vectors.detach().clone()}
         checkpoint["placeholder"] = {"token": self.placeholder.token, "tokens": self.placeholder.tokens}
         checkpoint["model_name"] = self.model_name
+        if self.identity:
+            from .resume import IDENTITY_KEY
+
+            checkpoint[IDENTITY_KEY] = dict(self.identity)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("state_dict", {}).get(self.vectors_key)

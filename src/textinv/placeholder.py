@@ -16,6 +16,7 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import UserError
+from .validation import check_value, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ class Placeholder:
 
     @property
     def name(self) -> str:
-        """File-name form: the token without brackets (A1111 names embeddings after their file)."""
-        return self.token.strip("<>") or self.token
+        """File-name form: the token without brackets (A1111 names embeddings after their file); never a path."""
+        return safe_name(self.token.strip("<>") or self.token)
 
     def expand(self, prompt: str) -> str:
         """Spell out a multi-vector placeholder the way diffusers does: `<tok> <tok>_1 <tok>_2`."""
@@ -73,6 +74,7 @@ def check_placeholder(tokenizer: CLIPTokenizer, token: str) -> None:
         raise UserError("concept.placeholder is empty; set it to a new word such as concept.placeholder='<my-cat>'")
     if any(c.isspace() for c in token):
         raise UserError(f"concept.placeholder={token!r} contains whitespace; a placeholder is one word, e.g. '<my-cat>'")
+    check_value("concept.placeholder", token)  # separators, control characters, length: it becomes a file name
     existing = tokenizer(token, add_special_tokens=False).input_ids
     if token in tokenizer.get_vocab() or len(existing) == 1:
         raise UserError(

@@ -46,7 +46,7 @@ def run_csv_rows(runs: Sequence[RunResult]) -> list[dict]:
     for r in sorted(runs, key=lambda r: (ROW_ORDER.index(r.row), r.concept, str(r.seed), str(r.run_dir))):
         out.append({"model": r.row, "concept": r.concept, "initializer": r.header.get("initializer"),
                     "seed": r.seed, "lr": r.header.get("lr"), "steps": r.header.get("steps"),
-                    "num_vectors": r.header.get("num_vectors"), "base_model": r.model,
+                    "num_vectors": r.header.get("num_vectors"), "base_model": r.model_id,
                     "step": r.final.get("step"), "num_images": r.final.get("num_images"),
                     **{name: r.value(k) for name, k in TABLE_METRICS.items()},
                     "finished": r.finished, "run_dir": str(r.run_dir)})
@@ -77,7 +77,7 @@ def describe_settings(runs: Sequence[RunResult]) -> str:
     s = runs[0].settings
     clip = s.get("clip") or {}
     fid = s.get("fid") or {}
-    parts = [f"model {', '.join(sorted({r.model for r in runs}))}",
+    parts = [f"model {', '.join(sorted({r.model_id for r in runs}))}",
              f"{str(s.get('scheduler', '?')).upper()} {s.get('sampler_steps', '?')} steps",
              f"guidance {s.get('guidance_scale', '?')}", f"{s.get('num_images', '?')} images per prompt",
              f"eval seeds {s.get('seed', '?')}+k", f"CLIP {clip.get('arch', '?')} ({clip.get('weights', '?')})"]

@@ -89,6 +89,12 @@ class RunResult:
         return str(self.header.get("model"))
 
     @property
+    def model_id(self) -> str:
+        """Name and location: two model folders can share a name (`model=sd15 model.path=...`)."""
+        where = self.header.get("model_location") or self.get("model.path") or self.get("model.hub_id")
+        return f"{self.model} ({where})" if where and str(where) != self.model else self.model
+
+    @property
     def settings(self) -> dict:
         return self.header.get("settings") or {}
 
@@ -200,10 +206,20 @@ def load_run(run_dir: str | Path) -> RunResult:
     path = run_dir / METRICS_FILE
     data = read_json(path, missing=f"{run_dir} has no {METRICS_FILE}; was it run with evaluation on?",
                      fix="; re-run its evaluation or leave the run out")
-    evaluations = data.get("evaluations") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is malformed: a {type(data).__name__}, not an object with evaluations; "
+                        "re-run its evaluation or leave the run out")
+    evaluations = data.get("evaluations")
     if not evaluations:
         raise UserError(f"{path} holds no evaluation yet; let the run reach its first evaluation or leave it out")
+    if not isinstance(evaluations, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("step"), int) and not isinstance(e.get("step"), bool)
+            and isinstance(e.get("per_prompt", []), list) for e in evaluations):
+        raise UserError(f"{path} is malformed: evaluations must be a list of records with a whole-number step; "
+                        "re-run its evaluation or leave the run out")
     header = {k: v for k, v in data.items() if k not in ("evaluations", "final")}
+    if not isinstance(header.get("settings", {}), dict):
+        raise UserError(f"{path} is malformed: settings is not an object; re-run its evaluation or leave the run out")
     return RunResult(run_dir, header, evaluations, (run_dir / FINISHED_MARKER).is_file())
 
 
@@ -239,6 +255,13 @@ def row_key(run: RunResult) -> str:
     return run.row
 
 
+def model_row_key(runs: Sequence[RunResult]) -> Callable[[RunResult], str]:
+    """Rows per model when the runs use several: one row never mixes (or mislabels) two models."""
+    if len({r.model_id for r in runs}) <= 1:
+        return row_key
+    return lambda r: f"{r.row} [{r.model_id}]"
+
+
 def aggregate(runs: Sequence[RunResult], key: Callable[[RunResult], object] = row_key,
               metrics: dict[str, str] = TABLE_METRICS, order: Sequence = ROW_ORDER) -> list[dict]:
     """One dict per group: label, counts (runs, concepts, seeds, images), a `Stat` per metric, the runs."""
@@ -261,9 +284,9 @@ def aggregate(runs: Sequence[RunResult], key: Callable[[RunResult], object] = ro
 def comparability_warnings(runs: Sequence[RunResult]) -> list[str]:
     """Settings that differ between runs (their figures are then not comparable in one table)."""
     out = []
-    models = sorted({r.model for r in runs})
+    models = sorted({r.model_id for r in runs})
     if len(models) > 1:
-        out.append(f"runs use different models: {', '.join(models)}")
+        out.append(f"runs use different models (one row per model): {', '.join(models)}")
     for key in COMPARABLE_SETTINGS:
         values = {json.dumps(r.settings.get(key), sort_keys=True) for r in runs}
         if len(values) > 1:

@@ -25,8 +25,14 @@ from .errors import Interrupted, UserError
 from .eval_callback import EvaluationCallback, log_evaluation
 from .evaluation import EvalConfig, Evaluator, baseline_cache_key, save_images, write_metrics
 from .frozen_sd import ModelSource
+from .invariants import check_window
 from .placeholder import check_placeholder, initializer_ids
+from .resume import check_resume, run_identity
+from .run_lock import folder_lock
 from .sweeps import in_multirun
+from .atomic import confined
+from .cache import cache_dir
+from .validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +43,8 @@ warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)"
 
 
 def check_numbers(cfg: DictConfig) -> None:
-    for key in ("lr", "steps"):
-        value = cfg[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"{key}={value!r} must be a positive number, e.g. lr=5e-4 steps=3000")
-    if cfg.data.batch_size < 1:
-        raise UserError(f"data.batch_size={cfg.data.batch_size} must be >= 1")
+    """Every user-facing value against its declared type and range (textinv.validation)."""
+    validate(cfg)
 
 
 def check_resolution(resolution: int, multiple: int) -> None:
@@ -84,7 +86,18 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     check_placeholder(tokenizer, concept.placeholder)
     if cfg.module.init_method == "word" or cfg.baseline:
         initializer_ids(tokenizer, cfg.init)
+    if not cfg.baseline:
+        check_window(tokenizer, concept.placeholder, cfg.module.num_vectors, datamodule.dataset(1).all_prompts(),
+                     "training prompt")
+    prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or []) if "{}" in p]
+    check_window(tokenizer, concept.placeholder, cfg.module.num_vectors, prompts, "evaluation prompt")
+    if ckpt_path is not None:
+        check_resume(ckpt_path, identity(cfg, concept, source))
     return run_dir, ckpt_path, concept, source, datamodule
+
+
+def identity(cfg: DictConfig, concept: Concept, source: ModelSource) -> dict:
+    return run_identity(cfg, concept.placeholder, source.name, source.path or source.hub_id)
 
 
 def build_evaluator(cfg: DictConfig, concept: Concept, datamodule: ConceptDataModule) -> Evaluator | None:
@@ -100,7 +113,8 @@ def run_header(cfg: DictConfig, concept: Concept, source: ModelSource) -> dict:
     """What a results table groups by: written at the top of eval/metrics.json."""
     return {"concept": concept.name, "kind": concept.kind, "placeholder": concept.placeholder,
             "initializer": cfg.init, "baseline": bool(cfg.baseline), "model": source.name, "seed": cfg.seed,
-            "lr": cfg.lr, "steps": cfg.steps, "num_vectors": cfg.module.num_vectors}
+            "model_location": source.path or source.hub_id, "lr": cfg.lr, "steps": cfg.steps,
+            "num_vectors": cfg.module.num_vectors}
 
 
 def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource,
@@ -144,6 +158,11 @@ def train(cfg: DictConfig, skip_finished: bool | None = None) -> Path:
     if skip_finished and (Path(cfg.run_dir) / FINISHED_MARKER).exists():
         log.info("skipping finished point %s (%s exists)", cfg.run_dir, FINISHED_MARKER)
         return Path(cfg.run_dir)
+    with folder_lock(cfg.run_dir):  # a second process on this folder refuses instead of interleaving
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> Path:
     run_dir, ckpt_path, concept, source, datamodule = prepare(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     evaluator = build_evaluator(cfg, concept, datamodule)
@@ -157,14 +176,17 @@ def train(cfg: DictConfig, skip_finished: bool | None = None) -> Path:
     frozen = source.load()
     module = instantiate(cfg.module, _convert_="all")(frozen=frozen, placeholder=concept.placeholder,
                                                       initializer=cfg.init, seed=cfg.seed)
+    module.identity = identity(cfg, concept, source)  # saved in every checkpoint (textinv.resume)
     trainer = build_trainer(cfg)
     graceful = GracefulStop()
     trainer.callbacks.append(graceful)
     if evaluator is not None or cfg.eval.enabled:
-        # first in the list: the final evaluation runs before EmbeddingWriter marks the run finished (run.json)
-        trainer.callbacks.insert(0, EvaluationCallback(evaluator.cfg if evaluator else instantiate(cfg.eval, _convert_="all"),
+        # last in the list: EmbeddingWriter writes the embedding first (on_train_end), so a failing final
+        # evaluation loses nothing; it writes run.json after the evaluation (on_fit_end)
+        trainer.callbacks.append(EvaluationCallback(evaluator.cfg if evaluator else instantiate(cfg.eval, _convert_="all"),
                                                     evaluator, run_dir, run_header(cfg, concept, source)))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with confined(run_dir, cfg.eval.get("baseline_cache"), cache_dir("")):  # no write outside the run folder
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if graceful.signum is not None:
         raise Interrupted(f"stopped by {signal.Signals(graceful.signum).name} at step {trainer.global_step}; "
                           f"re-run the same command to resume from {run_dir}/checkpoints/last.ckpt", graceful.signum)
