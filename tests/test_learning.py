@@ -16,8 +16,12 @@ import pytest
 from conftest import compose, run_script
 from textinv.toyworld.draw import draw_concept
 
-# Measured on this run (2-core CPU, seed 0), before the margins were set:
-# MEASURED = {...}   filled in below from the first calibration run
+# Measured on this very run (2-core CPU, seed 0) before the margins were set: reconstruction 0.177 -> 0.280
+# (+0.104); "a photo of S*" images showing a heart 19% -> 100%, orange 12% -> 38% (16 images each).
+# Margins keep about half of each measured effect.
+RECONSTRUCTION_GAIN = 0.05
+SHAPE_AFTER, SHAPE_BEFORE = 0.7, 0.4
+COLOR_AFTER, COLOR_BEFORE = 0.25, 0.2
 STEPS = 120
 ARGS = ["experiment=toyworld", "concept=toy_heart", f"steps={STEPS}", "logger=csv", "~callbacks.progress_bar",
         f"eval.every_n_steps={STEPS}", "eval.at_steps=[0]", "eval.num_images=16", "eval.sampler_steps=25",
@@ -40,3 +44,24 @@ def learned(tmp_path_factory):
     by_step = {e["step"]: e for e in evaluations}
     attributes = run_attributes(run, load_classifier(TOYWORLD_CLASSIFIER))["evaluations"]
     return by_step[0], by_step[STEPS], attributes["step000000"], attributes[f"step{STEPS:06d}"]
+
+
+def test_reconstruction_rises_well_above_the_initializer_word(learned):
+    start, end, _, _ = learned
+    assert end["reconstruction"] - start["reconstruction"] >= RECONSTRUCTION_GAIN
+
+
+def test_the_concept_look_appears_far_more_often_than_with_the_initializer_word(learned):
+    _, _, before, after = learned
+    look_before, look_after = before[0]["concept"], after[0]["concept"]  # "a photo of S*" / "a photo of shape"
+    assert look_after["shape"] >= SHAPE_AFTER and look_before["shape"] <= SHAPE_BEFORE
+    assert look_after["color"] >= COLOR_AFTER and look_before["color"] <= COLOR_BEFORE
+
+
+def test_editability_prompts_keep_the_concept(learned):
+    """The learned word still works inside longer prompts. (Whether the background asked for is drawn is
+    reported, not asserted: this world's text-to-image model follows background words at chance level,
+    see weights/report.json.)"""
+    _, _, before, after = learned
+    for entry, base in zip(after[1:], before[1:]):
+        assert entry["concept"]["shape"] >= SHAPE_AFTER and base["concept"]["shape"] <= SHAPE_BEFORE

@@ -108,7 +108,7 @@ def test_model_toy_loads_through_the_diffusers_folder_code_path():
     assert torch.equal(frozen.unet.conv_in.weight, reference.conv_in.weight)
     assert frozen.vae.config.scaling_factor != 1.0  # measured from the latents, like SD's 0.18215
     ids = frozen.tokenizer("a photo of a red star").input_ids
-    assert ids[0] == 49406 and ids[-1] == 49407 and len(ids) == 7  # the real CLIP tokenizer
+    assert ids[0] == 49406 and ids[-1] == 49407 and len(ids) == 8  # the real CLIP tokenizer
 
 
 def test_world_clip_scores_matching_captions_above_others():

@@ -43,7 +43,7 @@ class Recipe:
     clip_steps: int = 1000
     clip_batch: int = 128
     clip_lr: float = 5e-4
-    cls_steps: int = 500
+    cls_steps: int = 2500
     cls_batch: int = 64
     cls_lr: float = 2e-3
     report_images: int = 96  # held-out captions generated for report.json
