@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import compose, run_script
 from textinv.toyworld.draw import draw_concept
@@ -33,7 +34,8 @@ def learned(tmp_path_factory):
     """(step-0 metrics, final metrics, step-0 attributes, final attributes) of one run."""
     run = tmp_path_factory.mktemp("toy_heart") / "run"
     data = tmp_path_factory.mktemp("toy_heart_images")
-    draw_concept(data, **compose("experiment=toyworld", "concept=toy_heart").concept.draw)
+    spec = OmegaConf.to_container(compose("experiment=toyworld", "concept=toy_heart").concept.draw)
+    draw_concept(data, **spec)
     proc = run_script("train.py", *ARGS, f"concept.data_dir={data}", f"hydra.run.dir={run}", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from textinv.toyworld import TOYWORLD_CLASSIFIER

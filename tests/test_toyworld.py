@@ -33,7 +33,7 @@ def test_every_scene_keeps_its_shape_visible_and_captions_speak_the_template_lan
     assert all(s.background != s.color for s in scenes)
     assert {s.shape for s in scenes} == set(SHAPES) and {s.color for s in scenes} == set(COLORS)
     captions = [caption_at(0, i, 0) for i in range(2000)]
-    assert all(c.startswith(("a photo of", "a drawing of", "a painting", "a rendering", "a picture", "a cropped",
+    assert all(c.startswith(("a photo of", "a drawing", "a painting", "a rendering", "a picture", "a cropped",
                              "a close-up", "a good photo", "a rendition", "a bright photo")) for c in captions)
     assert any(" shape" in c or " object" in c for c in captions)  # the generic words an initializer can use
 
@@ -140,10 +140,10 @@ def test_pretraining_in_pieces_gives_the_same_weights_as_one_go(tmp_path):
     pieces = 1
     while _micro(tmp_path / "w2", tmp_path / "o2", 1e-9) == 75:  # stop after every single step
         pieces += 1
-    assert pieces >= 8  # it really was cut into pieces: one per step
+    assert pieces >= 4  # it really was cut into pieces (a stage's last step rolls into the next stage's first)
     one = (tmp_path / "o1" / "SHA256SUMS").read_text()
     many = (tmp_path / "o2" / "SHA256SUMS").read_text()
     weights = [line for line in one.splitlines() if "safetensors" in line]
-    assert len(weights) == 6 and all(line in many for line in weights)
+    assert len(weights) == 5 and all(line in many for line in weights)
     curve = (tmp_path / "o2" / "curves" / "t2i.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in curve[1:]] == ["0", "1"]  # no step logged twice

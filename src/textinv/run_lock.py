@@ -27,7 +27,9 @@ def folder_lock(folder: str | Path, what: str = "hydra.run.dir") -> Iterator[Non
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / LOCK_NAME))
+    path = folder / LOCK_NAME
+    created = not path.exists()  # ours to remove again: a refused or finished run leaves its folder as it was
+    lock = FileLock(str(path))
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -36,4 +38,6 @@ def folder_lock(folder: str | Path, what: str = "hydra.run.dir") -> Iterator[Non
     try:
         yield
     finally:
+        if created:
+            path.unlink(missing_ok=True)  # while still held: no second process can be inside meanwhile
         lock.release()

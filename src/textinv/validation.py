@@ -37,7 +37,6 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
     "lr": (Num(gt=0), "a positive number, e.g. lr=5e-4 (a too large one stops with a NaN report, exit 3)"),
     "steps": (Int(ge=1, le=10_000_000), "a positive number of optimizer steps (whole), e.g. steps=3000"),
     "seed": (SEED, "a whole number from 0 to 2**32-1"),
-    "init": (Union[Str, None], "a word such as init=tree"),
     "baseline": (Bool, "true or false"),
     "ckpt_path": (Union[Str, None], "a .ckpt file or 'last'"),
     "concept.name": (NAME, f"a folder-safe name (no path separators or control characters, not starting with a dot, "
@@ -45,6 +44,8 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
     "concept.placeholder": (PLACEHOLDER, f"one word without path separators, whitespace or control characters, at most "
                                          f"{MAX_NAME} characters, e.g. concept.placeholder='<my-cat>'"),
     "concept.initializer": (Union[Str, None], "a word such as tree"),
+    # after concept.initializer: init follows it by default, and a bad value must be named where it was set
+    "init": (Union[Str, None], "a word such as init=tree"),
     "concept.kind": (Literal["object", "style"], "object or style"),
     "concept.data_dir": (Str, "a folder of images"),
     "concept.prompts": (list[Str], "a list of prompts with {} for the placeholder"),

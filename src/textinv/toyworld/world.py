@@ -76,9 +76,9 @@ def sample_scene(rng: np.random.Generator, **fixed) -> Scene:
 
     def pick(name: str, options) -> str:
         want = fixed.get(name)
-        if want is not None and not isinstance(want, (list, tuple)):
-            return str(want)
-        choices = [o for o in (want or options) if o in options]
+        if isinstance(want, str):
+            return want
+        choices = [o for o in (list(want) if want is not None else options) if o in options]
         if not choices:
             raise ValueError(f"no allowed {name} among {want}; known: {', '.join(options)}")
         return str(rng.choice(choices))
