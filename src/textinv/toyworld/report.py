@@ -21,8 +21,10 @@ CHANCE = {"shape": 1 / len(SHAPES), "color": 1 / len(COLORS), "background": 1 / 
 
 
 def pil_to_unit(images) -> torch.Tensor:
-    arr = np.stack([np.asarray(im.convert("RGB")) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+    """PIL images -> float NCHW in [-1, 1], as the models were trained on (pretrain.to_unit)."""
+    from .pretrain import to_unit
+
+    return to_unit(torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])))
 
 
 def attribute_hits(classifier, images, scenes, keys=("shape", "color", "background", "style")) -> dict[str, list[bool]]:
