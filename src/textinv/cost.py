@@ -56,10 +56,12 @@ class CostMeter(L.Callback):
         self.start(pl_module.unet)
 
     def summary(self) -> dict:
-        total = time.perf_counter() - self._start if self._start is not None else 0.0
-        other = sum(v for k, v in self.seconds.items() if k != "train")
-        spent = {"wall_s": round(total, 3), "train_wall_s": round(max(0.0, total - other), 3),
-                 "eval_wall_s": round(self.seconds["eval"], 3), "validation_wall_s": round(self.seconds["validation"], 3),
+        # Round the parts first and take training as the remainder, so the parts add up to the
+        # printed total exactly (rounding each of them separately could overshoot it by 1 ms).
+        total = round(time.perf_counter() - self._start, 3) if self._start is not None else 0.0
+        parts = {k: round(v, 3) for k, v in self.seconds.items() if k != "train"}
+        spent = {"wall_s": total, "train_wall_s": round(max(0.0, total - sum(parts.values())), 3),
+                 "eval_wall_s": parts["eval"], "validation_wall_s": parts["validation"],
                  "train_unet_forwards": self.forwards["train"], "eval_unet_forwards": self.forwards["eval"],
                  "validation_unet_forwards": self.forwards["validation"]}
         return {"plan": self.plan, "spent": spent}
