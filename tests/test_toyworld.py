@@ -94,6 +94,16 @@ def test_shipped_weights_match_their_checksums():
         assert hashlib.sha256((TOYWORLD_WEIGHTS / name).read_bytes()).hexdigest() == digest, name
 
 
+def test_the_default_recipe_is_the_one_the_shipped_weights_were_trained_with():
+    """`make toyworld` must rebuild what is committed: a recipe change belongs with retrained weights."""
+    import json
+    from dataclasses import asdict
+
+    from textinv.toyworld.pretrain import Recipe
+
+    assert asdict(Recipe()) == json.loads((TOYWORLD_WEIGHTS / "recipe.json").read_text())
+
+
 def test_model_toy_loads_through_the_diffusers_folder_code_path():
     from diffusers import UNet2DConditionModel
 
