@@ -23,6 +23,7 @@ from textinv.toyworld.draw import draw_concept
 RECONSTRUCTION_GAIN = 0.05
 SHAPE_AFTER, SHAPE_BEFORE = 0.7, 0.4
 COLOR_AFTER, COLOR_BEFORE = 0.25, 0.2
+BACKGROUND_FOLLOWED = 0.3  # share of images turned green by asking, over the same seeds not asking
 STEPS = 120
 ARGS = ["experiment=toyworld", "concept=toy_heart", f"steps={STEPS}", "logger=csv", "~callbacks.progress_bar",
         f"eval.every_n_steps={STEPS}", "eval.at_steps=[0]", "eval.num_images=16", "eval.sampler_steps=25",
@@ -61,9 +62,18 @@ def test_the_concept_look_appears_far_more_often_than_with_the_initializer_word(
 
 
 def test_editability_prompts_keep_the_concept(learned):
-    """The learned word still works inside longer prompts. (Whether the background asked for is drawn is
-    reported, not asserted: this world's text-to-image model follows background words at chance level,
-    see weights/report.json.)"""
+    """The learned word still works inside longer prompts."""
     _, _, before, after = learned
     for entry, base in zip(after[1:], before[1:]):
         assert entry["concept"]["shape"] >= SHAPE_AFTER and base["concept"]["shape"] <= SHAPE_BEFORE
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped text-to-image model draws backgrounds from the noise seed, "
+                   "not the caption (weights/report.json: background at chance); measured: 'on a green background' "
+                   "56% green vs 50% for the same seeds without asking (make demo). Strict: a retrain that fixes it "
+                   "turns this into a failure, to be replaced by a plain test with a margin from the new figures.")
+def test_on_a_green_background_is_followed(learned):
+    """Followed means: more green backgrounds than the same seeds show when the prompt does not ask."""
+    _, _, _, after = learned
+    entry = next(e for e in after if e["asked"].get("background") == "green")
+    assert entry["prompt"]["background"] - entry["same_seeds_unasked"]["background"] >= BACKGROUND_FOLLOWED

@@ -82,12 +82,18 @@ def run_attributes(run: Path, classifier) -> dict:
     result = {"concept": concept["name"], "look": look, "evaluations": {}}
     for folder in _evaluations(run):
         templates = json.loads((folder / "prompts.json").read_text())
-        per_prompt = []
-        for p, template in enumerate(templates):
-            images = [Image.open(f).convert("RGB") for f in sorted(folder.glob(f"p{p:02d}-*.png"))]
-            asked = prompt_attributes(template.replace("{}", " "))
-            per_prompt.append({"template": template, "concept": rates(classifier, images, look),
-                               "prompt": rates(classifier, images, asked), "asked": asked, "images": len(images)})
+        images = [[Image.open(f).convert("RGB") for f in sorted(folder.glob(f"p{p:02d}-*.png"))]
+                  for p in range(len(templates))]
+        asked = [prompt_attributes(template.replace("{}", " ")) for template in templates]
+        # Image k of every prompt starts from the same noise, and a weak model draws some attributes
+        # (here: backgrounds) from the noise, not the words. So what a prompt asks for is also read on
+        # the same-seed images of the first prompt that asks nothing: the prompt follows its words by
+        # the difference, not by its own rate.
+        control = next((imgs for imgs, a in zip(images, asked) if not a), [])
+        per_prompt = [{"template": template, "concept": rates(classifier, imgs, look),
+                       "prompt": rates(classifier, imgs, a), "asked": a, "images": len(imgs),
+                       "same_seeds_unasked": rates(classifier, control, a) if len(control) == len(imgs) else {}}
+                      for template, imgs, a in zip(templates, images, asked)]
         result["evaluations"][folder.name] = per_prompt
     atomic_write_text(run / "eval" / "attributes.json", json.dumps(result, indent=2))
     return result
@@ -98,8 +104,9 @@ def format_attributes(run: Path, result: dict) -> str:
     for name, per_prompt in result["evaluations"].items():
         for entry in per_prompt:
             concept = entry["concept"].get("all")
-            prompt = entry["prompt"].get("all")
-            lines.append(f"  {name:>10}  {entry['template']:<52} look {_pct(concept)}  prompt {_pct(prompt)}")
+            prompt, unasked = entry["prompt"].get("all"), entry.get("same_seeds_unasked", {}).get("all")
+            lines.append(f"  {name:>10}  {entry['template']:<52} look {_pct(concept)}  prompt {_pct(prompt)}"
+                         f"  (same seeds, not asked: {_pct(unasked)})")
     return "\n".join(lines)
 
 
