@@ -181,7 +181,9 @@ def train_text_to_image(work: Path, recipe: Recipe, latents: dict, deadline: flo
                   warmup=100, ema_decay=recipe.ema)
     run_stage(stage, work, deadline)
     load_ema(stage)
-    return tokenizer, text_encoder, unet
+    # A fast tokenizer that has padded remembers it in its tokenizer.json: export an unused one, so the
+    # exported files do not depend on whether this piece of the run trained the stage or resumed it done.
+    return offline_clip_tokenizer(), text_encoder, unet
 
 
 def train_clip(work: Path, recipe: Recipe, images: torch.Tensor, deadline: float):
