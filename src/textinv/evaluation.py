@@ -265,9 +265,10 @@ class Evaluator:
 SCORING_ONLY = ("clip", "fid", "dino", "clip_t_text", "protocol")
 
 
-def baseline_cache_key(model_name: str, word: str, evaluator: Evaluator, protocol: Protocol | None = None) -> str:
-    """Everything the baseline images depend on: model, word, prompts, seeds and the protocol's sampler."""
-    blob = json.dumps({"model": model_name, "word": word, "templates": evaluator.templates,
+def baseline_cache_key(model: str, word: str, evaluator: Evaluator, protocol: Protocol | None = None) -> str:
+    """Everything the baseline images depend on: the model's weights (`ModelSource.fingerprint`), word,
+    prompts, seeds and the protocol's sampler."""
+    blob = json.dumps({"model": model, "word": word, "templates": evaluator.templates,
                        **{k: v for k, v in evaluator.settings(protocol).items() if k not in SCORING_ONLY}},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -15,6 +15,7 @@ The tokenizer and configs load without the big weights, so bad input is caught b
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -156,6 +157,24 @@ class ModelSource:
         self.path = str(Path(path).expanduser()) if path else None
         self.prediction_type = prediction_type
         self.name = name or (self.path or hub_id or source)
+
+    def fingerprint(self) -> str:
+        """Which weights these are, for caches of what they generate. The name alone is not enough: a
+        folder retrained in place, or a hub id whose cached snapshot moved, must not serve old images.
+        Local folders and hub snapshots: every file's path, size and modification time (a stat, no read)."""
+        folder = Path(self.path) if self.path else None
+        if folder is None and self.source == "hub" and self.hub_id:
+            try:
+                from huggingface_hub import snapshot_download
+
+                folder = Path(snapshot_download(self.hub_id, revision=self.revision, local_files_only=True))
+            except Exception:  # not cached yet: loading will say so; the id and revision are all we know
+                folder = None
+        if folder is None or not folder.is_dir():
+            return json.dumps([self.name, self.source, self.hub_id, self.revision, self.seed])
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        return json.dumps([self.name, [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                                       for p in files]])
 
     # --- where a diffusers-layout model lives -------------------------------------------------
     def _location(self) -> str:

@@ -134,11 +134,12 @@ def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: 
     word = str(cfg.init)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     records, header = [], {**run_header(cfg, concept, source), "settings": evaluator.settings()}
+    fingerprint = source.fingerprint()
     for protocol in evaluator.cfg.protocols(final=True):
         with meter.phase("eval"):
             generator = ImageGenerator.from_frozen(frozen, scheduler=protocol.scheduler)
             images = evaluator.generate(generator, word, protocol=protocol,
-                                        cache_key=baseline_cache_key(source.name, word, evaluator, protocol))
+                                        cache_key=baseline_cache_key(fingerprint, word, evaluator, protocol))
             record = {"step": 0, "protocol": protocol.name, "settings": evaluator.settings(protocol),
                       **evaluator.score(images, concept.placeholder, word, inception=protocol.name == "full")}
         save_images(run_dir / "eval" / "images" / image_folder_name(None, protocol.name), evaluator.templates, images)
