@@ -157,3 +157,29 @@ def test_pretraining_in_pieces_gives_the_same_weights_as_one_go(tmp_path):
     assert len(weights) == 5 and all(line in many for line in weights)
     curve = (tmp_path / "o2" / "curves" / "t2i.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in curve[1:]] == ["0", "1"]  # no step logged twice
+
+
+def test_a_drawn_concept_is_redrawn_from_its_current_spec_and_a_users_folder_is_never_touched(tmp_path, monkeypatch):
+    """A changed `draw:` spec (or renderer) must not train on the old pictures left in data/concepts/."""
+    from textinv.data import Concept, ConceptDataModule
+
+    monkeypatch.chdir(tmp_path)
+
+    def loaded(draw):
+        dm = ConceptDataModule(Concept("toy_x", "<x>", "shape", draw=draw), resolution=64)
+        dm.load()
+        return [np.asarray(img) for img in dm.images]
+
+    first = loaded({"shape": "heart", "color": "orange", "style": "hatched", "n": 4})
+    second = loaded({"shape": "heart", "color": "orange", "style": "outlined", "n": 3})
+    assert len(first) == 4 and len(second) == 3  # the old fourth picture is gone too
+    assert all(a.tobytes() != b.tobytes() for a, b in zip(first, second))
+    assert sorted(p.name for p in (tmp_path / "data/concepts/toy_x").iterdir()) == [".drawn.json", "00.png",
+                                                                                  "01.png", "02.png"]
+
+    mine = tmp_path / "data/concepts/toy_mine"
+    mine.mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(mine / "photo.png")
+    dm = ConceptDataModule(Concept("toy_mine", "<m>", "shape", draw={"shape": "star"}), resolution=64)
+    dm.load()
+    assert [p.name for p in mine.iterdir()] == ["photo.png"] and len(dm.images) == 1

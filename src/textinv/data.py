@@ -52,10 +52,15 @@ class Concept:
 
     @property
     def should_synthesize(self) -> bool:
-        """Only into the default folder: a mistyped concept.data_dir must fail, not fill up with drawings."""
+        """Only into the default folder: a mistyped concept.data_dir must fail, not fill up with drawings.
+        An empty folder is filled; one drawn from a `draw:` spec before is drawn again (cheap, and the spec
+        or the world's renderer may have changed since)."""
+        from .toyworld.draw import DRAWN_RECORD
+
         folder = self.folder
         return ((self.synthesize or self.draw is not None) and folder.resolve() == Path(self.default_dir).resolve()
-                and (not folder.exists() or not any(folder.iterdir())))
+                and (not folder.exists() or not any(folder.iterdir())
+                     or (self.draw is not None and (folder / DRAWN_RECORD).is_file())))
 
     @property
     def folder(self) -> Path:
