@@ -17,13 +17,16 @@ from omegaconf import OmegaConf
 from conftest import compose, run_script
 from textinv.toyworld.draw import draw_concept
 
-# Measured on this very run (2-core CPU, seed 0) before the margins were set: reconstruction 0.177 -> 0.280
-# (+0.104); "a photo of S*" images showing a heart 19% -> 100%, orange 12% -> 38% (16 images each).
-# Margins keep about half of each measured effect.
-RECONSTRUCTION_GAIN = 0.05
-SHAPE_AFTER, SHAPE_BEFORE = 0.7, 0.4
-COLOR_AFTER, COLOR_BEFORE = 0.25, 0.2
-BACKGROUND_FOLLOWED = 0.3  # share of images turned green by asking, over the same seeds not asking
+# Measured on this very run (2-core CPU, seed 0, weights of recipe t2i_steps=4000, offset noise 0.15) before
+# the margins were set: reconstruction 0.266 -> 0.419 (+0.152); "a photo of S*" images showing a heart
+# 25% -> 56%, orange 31% -> 81%; over the three editability prompts the concept's shape and colour
+# 15% -> 52% (mean of both); each prompt's background asked for: 100% of images, against 0% for the same
+# seeds not asking (16 images each). Margins keep about half of each measured effect.
+RECONSTRUCTION_GAIN = 0.075
+SHAPE_AFTER, SHAPE_BEFORE = 0.4, 0.35
+COLOR_AFTER, COLOR_BEFORE = 0.55, 0.45
+EDIT_LOOK_GAIN = 0.18
+BACKGROUND_FOLLOWED = 0.5  # share of images turned to the asked background, over the same seeds not asking
 STEPS = 200  # experiment=toyworld's default, with its learning rate
 ARGS = ["experiment=toyworld", "concept=toy_heart", f"steps={STEPS}", "logger=csv", "~callbacks.progress_bar",
         f"eval.every_n_steps={STEPS}", "eval.at_steps=[0]", "eval.num_images=16",
@@ -62,18 +65,21 @@ def test_the_concept_look_appears_far_more_often_than_with_the_initializer_word(
 
 
 def test_editability_prompts_keep_the_concept(learned):
-    """The learned word still works inside longer prompts."""
+    """The learned word still brings its look inside longer prompts (mean over them of shape and colour)."""
     _, _, before, after = learned
-    for entry, base in zip(after[1:], before[1:]):
-        assert entry["concept"]["shape"] >= SHAPE_AFTER and base["concept"]["shape"] <= SHAPE_BEFORE
+
+    def look(entries):
+        return sum((e["concept"]["shape"] + e["concept"]["color"]) / 2 for e in entries) / len(entries)
+
+    assert look(after[1:]) - look(before[1:]) >= EDIT_LOOK_GAIN
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped text-to-image model draws backgrounds from the noise seed, "
-                   "not the caption (weights/report.json: background at chance); measured: 'on a green background' "
-                   "56% green vs 50% for the same seeds without asking (make demo). Strict: a retrain that fixes it "
-                   "turns this into a failure, to be replaced by a plain test with a margin from the new figures.")
-def test_on_a_green_background_is_followed(learned):
-    """Followed means: more green backgrounds than the same seeds show when the prompt does not ask."""
+def test_the_background_an_editability_prompt_asks_for_is_drawn(learned):
+    """Followed means: the asked background, far more often than the same seeds show it unasked (a model that
+    takes backgrounds from the noise seed passes a bare rate, not this)."""
     _, _, _, after = learned
-    entry = next(e for e in after if e["asked"].get("background") == "green")
-    assert entry["prompt"]["background"] - entry["same_seeds_unasked"]["background"] >= BACKGROUND_FOLLOWED
+    asking = [e for e in after if "background" in e["asked"]]
+    assert [e["asked"]["background"] for e in asking] == ["green", "black", "blue"]
+    for entry in asking:
+        lift = entry["prompt"]["background"] - entry["same_seeds_unasked"]["background"]
+        assert lift >= BACKGROUND_FOLLOWED, entry["template"]
