@@ -34,7 +34,7 @@ demo: install
 	@echo "  figures/compare/grid.png, figures/steps/steps.png  SD vs SD + TI, and the concept across steps"
 	@echo "(toy-world numbers: the miniature world's CLIP scores them; they are not comparable with real SD's)"
 
-# Retrain the miniature world from scratch (about an hour on 2 CPU cores; resumable: run it again to go on,
+# Retrain the miniature world from scratch (about 90 minutes on 2 CPU cores; resumable: run it again to go on,
 # or in pieces with ARGS="--minutes 30"). Writes src/textinv/toyworld/weights/ (committed).
 toyworld: install
 	$(PY) -m textinv.toyworld pretrain $(ARGS)
