@@ -172,9 +172,8 @@ class ModelSource:
                 folder = None
         if folder is None or not folder.is_dir():
             return json.dumps([self.name, self.source, self.hub_id, self.revision, self.seed])
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
-        return json.dumps([self.name, [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-                                       for p in files]])
+        stats = [(str(p.relative_to(folder)), p.stat()) for p in sorted(folder.rglob("*")) if p.is_file()]
+        return json.dumps([self.name, [(name, st.st_size, st.st_mtime_ns) for name, st in stats]])
 
     # --- where a diffusers-layout model lives -------------------------------------------------
     def _location(self) -> str:
