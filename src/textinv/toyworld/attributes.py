@@ -51,16 +51,21 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
     return out
 
 
-def rates(classifier, images: list[Image.Image], expected: dict[str, str]) -> dict[str, float]:
-    """Share of images whose classified attribute equals the expected one, per attribute and all at once."""
+def classify(classifier, images: list[Image.Image]) -> dict[str, list[str]] | None:
+    """The classifier's reading of each image, per attribute (None for no images)."""
     from .report import pil_to_unit
 
-    if not expected or not images:
+    return classifier.predict(pil_to_unit(images)) if images else None
+
+
+def rates(pred: dict[str, list[str]] | None, expected: dict[str, str]) -> dict[str, float]:
+    """Share of classified images whose attribute equals the expected one, per attribute and all at once."""
+    if not expected or pred is None:
         return {}
-    pred = classifier.predict(pil_to_unit(images))
     hits = {k: [p == v for p in pred[k]] for k, v in expected.items()}
-    out = {k: sum(h) / len(h) for k, h in hits.items()}
-    out["all"] = sum(all(h[i] for h in hits.values()) for i in range(len(images))) / len(images)
+    n = len(next(iter(hits.values())))
+    out = {k: sum(h) / n for k, h in hits.items()}
+    out["all"] = sum(all(h[i] for h in hits.values()) for i in range(n)) / n
     return out
 
 
@@ -89,11 +94,12 @@ def run_attributes(run: Path, classifier) -> dict:
         # (here: backgrounds) from the noise, not the words. So what a prompt asks for is also read on
         # the same-seed images of the first prompt that asks nothing: the prompt follows its words by
         # the difference, not by its own rate.
-        control = next((imgs for imgs, a in zip(images, asked) if not a), [])
-        per_prompt = [{"template": template, "concept": rates(classifier, imgs, look),
-                       "prompt": rates(classifier, imgs, a), "asked": a, "images": len(imgs),
-                       "same_seeds_unasked": rates(classifier, control, a) if len(control) == len(imgs) else {}}
-                      for template, imgs, a in zip(templates, images, asked)]
+        preds = [classify(classifier, imgs) for imgs in images]  # each image read once
+        c = next((i for i, a in enumerate(asked) if not a), None)
+        per_prompt = [{"template": template, "concept": rates(pred, look), "prompt": rates(pred, a), "asked": a,
+                       "images": len(imgs),
+                       "same_seeds_unasked": rates(preds[c], a) if c is not None and len(images[c]) == len(imgs) else {}}
+                      for template, imgs, pred, a in zip(templates, images, preds, asked)]
         result["evaluations"][folder.name] = per_prompt
     atomic_write_text(run / "eval" / "attributes.json", json.dumps(result, indent=2))
     return result
