@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from textinv.cli import exit_on_user_error
-from textinv.generation import quote_text_overrides, run_generate
+from textinv.models.generation import quote_text_overrides, run_generate
 
 
 @hydra.main(config_path="conf", config_name="generate", version_base="1.3")

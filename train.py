@@ -6,8 +6,8 @@ import hydra
 from omegaconf import DictConfig
 
 from textinv.cli import check_output_dir_override, exit_on_user_error, reject_conflicting_overrides
-from textinv.run import print_plan, train
-from textinv.sweeps import collapse_steps_sweep, sweep_job
+from textinv.training.job import print_plan, train
+from textinv.training.sweeps import collapse_steps_sweep, sweep_job
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -35,7 +35,7 @@ SOLVERS = [("ddim", 20), ("dpm", 10), ("dpm", 15), ("dpm", 20), ("dpm", 25), ("u
 
 def scores(evaluator, images, word):
     """Per prompt: (CLIP-I vs the training images, CLIP-T vs the placeholder-free text)."""
-    from textinv.metrics import clip_i, clip_t
+    from textinv.evaluation.metrics import clip_i, clip_t
 
     out = []
     for template, row in zip(evaluator.templates, images):
@@ -59,8 +59,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from textinv.evaluation import Evaluator
-    from textinv.generation import ImageGenerator
+    from textinv.evaluation.evaluator import Evaluator
+    from textinv.models.generation import ImageGenerator
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=args.overrides + ["run_dir=/tmp/unused"])
@@ -72,7 +72,7 @@ def main() -> None:
     frozen = instantiate(cfg.model).load()
     word = str(cfg.init)
     solvers = SOLVERS if not args.solvers else [(a, int(b)) for a, b in (x.split(":") for x in args.solvers.split(","))]
-    from textinv.generation import make_scheduler
+    from textinv.models.generation import make_scheduler
 
     gen = ImageGenerator.from_frozen(frozen)
     if args.embedding is not None:
@@ -123,7 +123,7 @@ def main() -> None:
         for p, (template, row) in enumerate(zip(evaluator.templates, ref_pil)):
             emb = ref[p][2]
             text = evaluator.clip.text_embeddings([template.replace("{}", "")])
-            from textinv.metrics import clip_i, clip_t
+            from textinv.evaluation.metrics import clip_i, clip_t
 
             subs = [rng.sample(range(args.images), n) for _ in range(200)]
             spread_i.append(statistics.stdev(clip_i(evaluator.train_clip, emb[s]) for s in subs))

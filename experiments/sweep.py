@@ -15,9 +15,9 @@ import argparse
 import logging
 
 from textinv.cli import exit_on_user_error, results_parser, script_logging
-from textinv.report import log_wandb
-from textinv.results import comparability_warnings, load_runs
-from textinv.sweep_report import SWEPT_KEYS, sweep_files, varying_keys
+from textinv.runs.report import log_wandb
+from textinv.runs.results import comparability_warnings, load_runs
+from textinv.runs.sweep_report import SWEPT_KEYS, sweep_files, varying_keys
 
 log = logging.getLogger("textinv.sweep")
 

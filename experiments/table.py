@@ -15,10 +15,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from textinv.atomic import atomic_write_text, confined
+from textinv.utils.atomic import atomic_write_text, confined
 from textinv.cli import exit_on_user_error, results_parser, script_logging
-from textinv.report import log_wandb, run_csv_rows, table1_markdown, table_csv_rows, tradeoff_plot, write_csv
-from textinv.results import aggregate, comparability_warnings, load_runs, model_row_key
+from textinv.runs.report import log_wandb, run_csv_rows, table1_markdown, table_csv_rows, tradeoff_plot, write_csv
+from textinv.runs.results import aggregate, comparability_warnings, load_runs, model_row_key
 
 log = logging.getLogger("textinv.table")
 

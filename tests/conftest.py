@@ -20,7 +20,7 @@ SHARED_DREAMBOOTH = ROOT.parent / "shared" / "data" / "dreambooth"
 
 @pytest.fixture(scope="session")
 def tiny_source():
-    from textinv.frozen_sd import ModelSource
+    from textinv.models.frozen_sd import ModelSource
 
     return ModelSource("tiny")
 
@@ -32,7 +32,7 @@ def tiny_frozen(tiny_source):
 
 @pytest.fixture(scope="session")
 def demo_images(tmp_path_factory) -> Path:
-    from textinv.demo_concept import synthesize_demo_concept
+    from textinv.data.demo_concept import synthesize_demo_concept
 
     folder = tmp_path_factory.mktemp("demo_concept")
     synthesize_demo_concept(folder, num_images=4, size=64)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import compose, run_script, tiny_overrides
 from textinv.errors import UserError
-from textinv.run import prepare, train
+from textinv.training.job import prepare, train
 
 
 def write_images(folder, demo_images):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
-from textinv.evaluation import baseline_cache_key
-from textinv.frozen_sd import ModelSource
+from textinv.evaluation.evaluator import baseline_cache_key
+from textinv.models.frozen_sd import ModelSource
 
 
 def _evaluator():

@@ -1,4 +1,4 @@
-"""python -m textinv.convert: every layout to every other, bitwise; refusals are one line and exit 2."""
+"""python -m textinv convert: every layout to every other, bitwise; refusals are one line and exit 2."""
 
 import os
 import pickle
@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 import tool_rules
 from conftest import ROOT
-from textinv.convert import main
-from textinv.formats import read_embedding, save_a1111, save_diffusers, save_kohya, save_sdxl
+from textinv.methods.textual_inversion.convert import main
+from textinv.methods.textual_inversion.formats import read_embedding, save_a1111, save_diffusers, save_kohya, save_sdxl
 
 
 @pytest.mark.parametrize("num_vectors", [1, 3])
@@ -86,6 +86,6 @@ def test_refusals_are_one_line(tmp_path, capsys, make, out, message):
 def test_module_entry_point(tmp_path):
     src = save_diffusers(tmp_path / "learned_embeds.safetensors", "<t>", torch.ones(1, 1280))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "textinv.convert", str(src), str(tmp_path / "t.pt")],
+    proc = subprocess.run([sys.executable, "-m", "textinv", "convert", str(src), str(tmp_path / "t.pt")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from conftest import SHARED_DREAMBOOTH
-from textinv.data import Augment, Concept, ConceptDataModule, StepSampler
+from textinv.data.datamodule import Augment, Concept, ConceptDataModule, StepSampler
 from textinv.errors import UserError
-from textinv.images import load_concept_images, load_image
-from textinv.templates import OBJECT_TEMPLATES, STYLE_TEMPLATES
+from textinv.data.images import load_concept_images, load_image
+from textinv.data.templates import OBJECT_TEMPLATES, STYLE_TEMPLATES
 
 
 def concept(folder, kind="object"):

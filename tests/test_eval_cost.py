@@ -34,7 +34,7 @@ def metrics(run) -> dict:
 def pair(tmp_path_factory, demo_images):
     """The same 4-step training twice: tiered evaluation (default), and full protocol everywhere without the
     validation loss (what every run did before)."""
-    from textinv.run import train
+    from textinv.training.job import train
 
     root = tmp_path_factory.mktemp("tiers")
     cache = f"eval.baseline_cache='{root / 'cache'}'"
@@ -129,7 +129,7 @@ def test_baseline_is_scored_and_cached_per_protocol(pair, tmp_path):
 
 
 def test_early_stop_on_the_validation_loss_still_ends_with_a_full_evaluation(tmp_path, demo_images):
-    from textinv.run import train
+    from textinv.training.job import train
 
     run = tmp_path / "stop"
     train(compose(*tiny_overrides(run, demo_images, 12, *EVAL, f"eval.baseline_cache='{tmp_path / 'cache'}'",
@@ -149,7 +149,7 @@ def test_early_stop_on_the_validation_loss_still_ends_with_a_full_evaluation(tmp
 
 
 def test_normalized_variance_is_the_dvar_ratio():
-    from textinv.dvar import normalized_variance
+    from textinv.training.validation_loss import normalized_variance
 
     assert normalized_variance([1.0, 2.0], 3) is None  # fewer values than the window
     # Var([2, 3]) / Var([0, 1, 2, 3]) = 0.25 / 1.25
@@ -182,7 +182,7 @@ def test_plan_true_prints_json_per_run_without_weights(tmp_path):
 
 
 def test_progress_bar_counts_steps_not_epochs():
-    from textinv.progress import StepProgressBar
+    from textinv.training.progress import StepProgressBar
 
     bar = StepProgressBar()
     bar._trainer = SimpleNamespace(max_steps=60)
@@ -193,7 +193,7 @@ def test_tables_read_full_protocol_finals_only(tmp_path, caplog):
     """A light evaluation after the last full one never becomes a run's final; a run with light ones only
     is left out of tables with a warning."""
     from textinv.errors import UserError
-    from textinv.results import load_run, load_runs
+    from textinv.runs.results import load_run, load_runs
 
     def run(name: str, evaluations: list[dict]):
         folder = tmp_path / "runs" / name
@@ -211,7 +211,7 @@ def test_tables_read_full_protocol_finals_only(tmp_path, caplog):
     assert load_run(mixed).final["reconstruction"] == 0.5 and load_run(old).final["reconstruction"] == 0.3
     assert [e["step"] for e in load_run(mixed).curve("light")] == [2, 4]
     run("light_only", [record(2, "light", 0.1)])
-    with caplog.at_level("WARNING", logger="textinv.results"):
+    with caplog.at_level("WARNING", logger="textinv.runs.results"):
         kept = load_runs([tmp_path / "runs"])
     assert sorted(r.run_dir.name for r in kept) == ["mixed", "old"] and "without a full-protocol" in caplog.text
     with pytest.raises(UserError, match="full-protocol"):

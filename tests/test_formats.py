@@ -6,7 +6,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
 from textinv.errors import UserError
-from textinv.formats import load_embedding, save_a1111, save_diffusers
+from textinv.methods.textual_inversion.formats import load_embedding, save_a1111, save_diffusers
 
 
 def pipeline(frozen):

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from textinv.errors import UserError
-from textinv.formats import save_a1111, save_diffusers
-from textinv.frozen_sd import ModelSource
-from textinv.generation import ImageGenerator, check_sampling, make_scheduler, quote_text_overrides
-from textinv.placeholder import add_placeholder
+from textinv.methods.textual_inversion.formats import save_a1111, save_diffusers
+from textinv.models.frozen_sd import ModelSource
+from textinv.models.generation import ImageGenerator, check_sampling, make_scheduler, quote_text_overrides
+from textinv.methods.textual_inversion.placeholder import add_placeholder
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, SIZE, DIM = 3, 32, 32
@@ -170,14 +170,14 @@ def test_prompt_cache_and_live_placeholder(fresh):
 def test_run_generate_in_process_warns_when_no_token_used(tmp_path, caplog):
     from hydra import compose, initialize_config_dir
 
-    from textinv.generation import run_generate
+    from textinv.models.generation import run_generate
 
     emb = save_diffusers(tmp_path / "learned_embeds.safetensors", "<demo-toy>", vectors(1, 0))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("generate", overrides=[
             "model=tiny", "prompt='a photo of a dog'", f"embeddings=[{emb}]", "num_images=2", f"steps={STEPS}",
             f"out_dir={tmp_path / 'out'}"])
-    with caplog.at_level(logging.WARNING, logger="textinv.generation"):
+    with caplog.at_level(logging.WARNING, logger="textinv.models.generation"):
         out = run_generate(cfg)
     assert "uses none of the loaded tokens" in caplog.text
     info = json.loads((out / "images.json").read_text())

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from textinv import metrics as M
+from textinv.evaluation import metrics as M
 from textinv.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -160,8 +160,8 @@ def test_dino_scorer_random_and_local_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory) -> str:
-    """torch-fidelity's Inception v3 with a seeded random initialisation (see textinv.random_weights)."""
-    from textinv.random_weights import random_inception_weights
+    """torch-fidelity's Inception v3 with a seeded random initialisation (see textinv.models.random_weights)."""
+    from textinv.models.random_weights import random_inception_weights
 
     return random_inception_weights(tmp_path_factory.mktemp("inception") / M.INCEPTION_WEIGHTS_FILE)
 
@@ -193,7 +193,7 @@ def test_inception_features_every_layer(features):
 @pytest.mark.parametrize("feature", [64, 192])  # 2048 works too, but its eigvals take ~10 s on CPU
 def test_fid_self_is_zero_other_is_positive(features, feature, caplog):
     a, b = features
-    with caplog.at_level(logging.WARNING, logger="textinv.metrics"):
+    with caplog.at_level(logging.WARNING, logger="textinv.evaluation.metrics"):
         same = M.inception_scores(a, a, feature=feature, kid_subsets=3)
     assert abs(same["fid"]) < 1e-3
     assert same["biased"] and "biased" in caplog.text  # 5 samples < feature dims
@@ -249,7 +249,7 @@ def test_is_and_kid_are_seeded_and_leave_global_rng_alone(features):
 def test_kid_subset_size_is_clamped(features, caplog):
     a, b = features
     b3 = {k: v[:3] for k, v in b.items()}
-    with caplog.at_level(logging.WARNING, logger="textinv.metrics"):
+    with caplog.at_level(logging.WARNING, logger="textinv.evaluation.metrics"):
         out = M.inception_scores(a, b3, feature=64, kid_subset_size=1000, kid_subsets=5)
     assert out["kid_subset_size"] == 3
     assert "KID subset size 1000 clamped to 3" in caplog.text
@@ -261,7 +261,7 @@ def test_missing_inception_weights(tmp_path, image_sets, caplog, monkeypatch):
     missing = tmp_path / "absent" / M.INCEPTION_WEIGHTS_FILE
     with pytest.raises(UserError, match=f"{missing}.*eval.fid.weights"):
         M.inception_metrics(a, b, weights=missing)
-    with caplog.at_level(logging.WARNING, logger="textinv.metrics"):
+    with caplog.at_level(logging.WARNING, logger="textinv.evaluation.metrics"):
         assert M.inception_metrics(a, b, weights=missing, optional=True) is None
     assert "skipping FID/KID/IS" in caplog.text and str(missing) in caplog.text
     # No explicit file, empty torch hub cache, offline: named file and config key, no download attempt.

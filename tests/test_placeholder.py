@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from textinv.errors import UserError
-from textinv.placeholder import PlaceholderEmbedding, add_placeholder, check_placeholder
+from textinv.methods.textual_inversion.placeholder import PlaceholderEmbedding, add_placeholder, check_placeholder
 
 
 def test_only_placeholder_positions_change(tiny_frozen):

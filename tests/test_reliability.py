@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, compose, embedding, run_script, tiny_overrides
-from textinv.atomic import atomic_write
+from textinv.utils.atomic import atomic_write
 from textinv.cli import exit_on_user_error
-from textinv.data import Concept, ConceptDataModule
+from textinv.data.datamodule import Concept, ConceptDataModule
 from textinv.errors import NumericalFault, UserError
-from textinv.images import load_concept_images
-from textinv.run import prepare, train
+from textinv.data.images import load_concept_images
+from textinv.training.job import prepare, train
 
 
 def test_sigterm_saves_a_resumable_checkpoint(tmp_path, demo_images, reference_run):

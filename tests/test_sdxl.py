@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from conftest import CONF, compose, load_script
 from textinv.errors import UserError
-from textinv.frozen_sd import ModelSource
+from textinv.models.frozen_sd import ModelSource
 
 EVAL = ["eval.enabled=true", "eval.every_n_steps=0", "eval.at_steps=[]", "eval.num_images=1", "eval.sampler_steps=2",
         "eval.fid.enabled=false", "eval.prompts=['a photo of {} on the moon']"]
@@ -32,7 +32,7 @@ def sdxl_overrides(run_dir, data_dir, steps: int = 3, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def sdxl_runs(tmp_path_factory, demo_images):
     """A 4-step TI run and the baseline (SD row) on the tiny SDXL model, evaluated with the same prompts and seeds."""
-    from textinv.run import train
+    from textinv.training.job import train
 
     root = tmp_path_factory.mktemp("sdxl")
     cache = root / "baseline_cache"
@@ -57,21 +57,21 @@ def test_presets_resolution_and_family():
     info = ModelSource("sdxl_arch").info()  # the real SDXL configuration, read without building it
     assert (info.family, info.widths, info.native_resolution, info.resolution_multiple) == (
         "sdxl", (768, 1280), 1024, 32)
-    from textinv.run import check_resolution
+    from textinv.training.job import check_resolution
 
     with pytest.raises(UserError, match=r"data.resolution=1000 .* multiple of 32; try data.resolution=992"):
         check_resolution(1000, info.resolution_multiple)
 
 
 def test_resolution_the_model_cannot_take_is_one_line(tmp_path, demo_images):
-    from textinv.run import prepare
+    from textinv.training.job import prepare
 
     with pytest.raises(UserError, match=r"data.resolution=30 .* multiple of 4; try data.resolution=32"):
         prepare(compose(*sdxl_overrides(tmp_path / "run", demo_images, 2, "data.resolution=30")))
 
 
 def test_size_conditioning_of_each_image(tmp_path):
-    from textinv.data import Concept, ConceptDataModule
+    from textinv.data.datamodule import Concept, ConceptDataModule
 
     Image.new("RGB", (64, 48), "red").save(tmp_path / "wide.png")  # w 64, h 48
     Image.new("RGB", (40, 80), "blue").save(tmp_path / "tall.png")
@@ -83,8 +83,8 @@ def test_size_conditioning_of_each_image(tmp_path):
 
 def test_unet_gets_both_encoders_pooled_projection_and_time_ids(sdxl_frozen, tmp_path):
     """The training step's conditioning, recomputed independently from the frozen encoders."""
-    from textinv.data import Concept, ConceptDataModule
-    from textinv.module import OptimConfig, TextualInversionModule
+    from textinv.data.datamodule import Concept, ConceptDataModule
+    from textinv.training.module import OptimConfig, TextualInversionModule
 
     for k, size in enumerate([(64, 48), (48, 48)]):
         Image.new("RGB", size, (50 * k, 90, 200)).save(tmp_path / f"{k}.png")
@@ -120,7 +120,7 @@ def test_unet_gets_both_encoders_pooled_projection_and_time_ids(sdxl_frozen, tmp
 
 
 def test_trainable_vectors_stay_fp32_under_half_precision_frozen_weights(sdxl_frozen):
-    from textinv.module import OptimConfig, TextualInversionModule
+    from textinv.training.module import OptimConfig, TextualInversionModule
 
     module = TextualInversionModule(sdxl_frozen, TOKEN, "toy", OptimConfig())
     module.cast_frozen(torch.bfloat16)  # what a GPU run with trainer.precision=bf16-mixed does
@@ -189,7 +189,7 @@ def test_generate_reads_both_layouts_alike_and_refuses_sd_files(sdxl_runs, tmp_p
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from textinv.generation import run_generate
+    from textinv.models.generation import run_generate
 
     ti, _ = sdxl_runs
     outs = {}
@@ -204,8 +204,8 @@ def test_generate_reads_both_layouts_alike_and_refuses_sd_files(sdxl_runs, tmp_p
     for k in range(2):
         a, b = (np.asarray(Image.open(outs[n] / f"{k:04d}.png")) for n in ("root", "pair"))
         assert a.shape == (32, 32, 3) and np.array_equal(a, b)
-    from textinv.formats import save_diffusers
-    from textinv.generation import ImageGenerator
+    from textinv.methods.textual_inversion.formats import save_diffusers
+    from textinv.models.generation import ImageGenerator
 
     sd_file = save_diffusers(tmp_path / "sd" / "learned_embeds.safetensors", "<sd-tok>", torch.ones(1, 32))
     gen = ImageGenerator.from_frozen(ModelSource("sdxl_tiny").load())
@@ -216,7 +216,7 @@ def test_generate_reads_both_layouts_alike_and_refuses_sd_files(sdxl_runs, tmp_p
 
 
 def test_table_over_sdxl_runs_and_never_mixes_families(sdxl_runs, tmp_path):
-    from textinv.results import aggregate, load_runs, row_key
+    from textinv.runs.results import aggregate, load_runs, row_key
 
     ti, base = sdxl_runs
     table = load_script("table")
@@ -273,7 +273,7 @@ def test_sdxl_ddp_sweep_point_matches_one_process(tmp_path, demo_images):
     """train.py -m (a one-point seed sweep) with 2 gloo ranks x batch 1 on the tiny SDXL model == 1 process x batch 2:
     the one Parameter holding both encoders' halves is synchronised like SD's."""
     from conftest import run_script
-    from textinv.run import train
+    from textinv.training.job import train
 
     sweep_dir = tmp_path / "ddp"
     proc = run_script("train.py", "-m", "seed=0", "experiment=tiny_sdxl", f"concept.data_dir='{demo_images}'",

@@ -13,10 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose, embedding, run_script, tiny_overrides
-from textinv.ddp import check_ranks
+from textinv.training.ddp import check_ranks
 from textinv.errors import UserError
-from textinv.run import train
-from textinv.sweeps import in_multirun
+from textinv.training.job import train
+from textinv.training.sweeps import in_multirun
 
 CONCEPTS = {p.stem for p in (CONF / "concept").glob("*.yaml")}
 SWEEPS = {  # name: (fixed concept, swept key, its values)
@@ -82,7 +82,7 @@ def test_outside_sweeps_the_names_stay_as_they_were():
 
 # --- skipping finished points -------------------------------------------------------------------
 def test_finished_point_is_skipped_only_when_asked(tmp_path, demo_images, monkeypatch, caplog):
-    from textinv import run as run_module
+    from textinv.training import job as run_module
 
     run_dir = tmp_path / "done"
     run_dir.mkdir()

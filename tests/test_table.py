@@ -1,5 +1,5 @@
 """experiments/table.py and experiments/figures.py over real runs: a baseline and a short TI run on the
-tiny model (through textinv.run.train), checked against the runs' own eval/metrics.json."""
+tiny model (through textinv.training.job.train), checked against the runs' own eval/metrics.json."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ figures = load_script("figures")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, demo_images):
     """study/{baseline,ti}: the SD row and the SD + TI row of one concept, same eval prompts and seeds."""
-    from textinv.run import train
+    from textinv.training.job import train
 
     root = tmp_path_factory.mktemp("study")
     cache = root / "baseline_cache"
@@ -228,7 +228,7 @@ def test_figures_bad_input_is_one_line_exit_2(runs, tmp_path, capsys, argv, mess
 
 
 def test_finished_marker_matches_the_trainer():
-    from textinv.callbacks import FINISHED_MARKER
-    from textinv.results import FINISHED_MARKER as READ
+    from textinv.training.callbacks import FINISHED_MARKER
+    from textinv.runs.results import FINISHED_MARKER as READ
 
     assert READ == FINISHED_MARKER

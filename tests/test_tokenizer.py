@@ -1,7 +1,7 @@
 import open_clip
 import pytest
 
-from textinv.clip_tokenizer import VOCAB_SIZE, offline_clip_tokenizer
+from textinv.models.clip_tokenizer import VOCAB_SIZE, offline_clip_tokenizer
 
 TEXTS = [
     "a photo of a cat",

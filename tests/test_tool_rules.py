@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 import tool_rules
 from tool_rules import TOOLS, ToolRefused
-from textinv.family import SD, SDXL
-from textinv.formats import load_embedding, read_sdxl_embedding, save_diffusers
-from textinv.placeholder import Placeholder
-from textinv.run_files import write_embedding_files
+from textinv.models.family import SD, SDXL
+from textinv.methods.textual_inversion.formats import load_embedding, read_sdxl_embedding, save_diffusers
+from textinv.methods.textual_inversion.placeholder import Placeholder
+from textinv.runs.layout import write_embedding_files
 
 # The name each tool's prompt uses: the file stem, except diffusers, which takes the token from the file.
 EXPECTED_NAME = {"automatic1111": "deku-tree", "comfyui": "deku-tree", "kohya": "deku-tree",

@@ -71,7 +71,7 @@ def classifier():
 
 def test_draw_command_writes_a_concept_set_the_classifier_recognises(tmp_path, classifier):
     out = tmp_path / "red star"
-    proc = subprocess.run([sys.executable, "-m", "textinv.toyworld", "draw", "--shape", "star", "--color", "red",
+    proc = subprocess.run([sys.executable, "-m", "textinv", "toyworld", "draw", "--shape", "star", "--color", "red",
                            "--background", "white", "--n", "4", "--out", str(out)], capture_output=True, text=True,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -107,7 +107,7 @@ def test_the_default_recipe_is_the_one_the_shipped_weights_were_trained_with():
 def test_model_toy_loads_through_the_diffusers_folder_code_path():
     from diffusers import UNet2DConditionModel
 
-    from textinv.frozen_sd import ModelSource
+    from textinv.models.frozen_sd import ModelSource
 
     source = ModelSource("toy")
     assert source.source == "hub" and Path(source.path) == TOYWORLD_SD  # the same path as model.path=...
@@ -122,7 +122,7 @@ def test_model_toy_loads_through_the_diffusers_folder_code_path():
 
 
 def test_world_clip_scores_matching_captions_above_others():
-    from textinv.metrics import ClipScorer
+    from textinv.evaluation.metrics import ClipScorer
 
     scorer = ClipScorer("toyworld", None)
     assert scorer.arch == f"local-dir:{TOYWORLD_CLIP}"
@@ -161,7 +161,7 @@ def test_pretraining_in_pieces_gives_the_same_weights_as_one_go(tmp_path):
 
 def test_a_drawn_concept_is_redrawn_from_its_current_spec_and_a_users_folder_is_never_touched(tmp_path, monkeypatch):
     """A changed `draw:` spec (or renderer) must not train on the old pictures left in data/concepts/."""
-    from textinv.data import Concept, ConceptDataModule
+    from textinv.data.datamodule import Concept, ConceptDataModule
 
     monkeypatch.chdir(tmp_path)
 

@@ -14,7 +14,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from conftest import ROOT, compose, embedding, run_script, tiny_overrides
-from textinv.run import train
+from textinv.training.job import train
 
 
 def test_train_py_writes_every_output(reference_run):
@@ -60,7 +60,7 @@ def test_run_files_load_in_diffusers_and_match(reference_run, tiny_source):
 
 
 def test_frozen_weights_bitwise_unchanged_and_optimizer_holds_only_vectors(tmp_path, demo_images, monkeypatch):
-    from textinv import run as run_module
+    from textinv.training import job as run_module
 
     seen = {}
     real_fit = run_module.L.Trainer.fit
@@ -121,7 +121,7 @@ def test_local_diffusers_folder_and_v_prediction(tmp_path, demo_images, tiny_sou
     run_dir = tmp_path / "run"
     train(compose(*tiny_overrides(run_dir, demo_images, 2), "model=sd15", f"model.path={tmp_path / 'model'}"))
     assert (run_dir / "run.json").is_file()
-    from textinv.frozen_sd import ModelSource
+    from textinv.models.frozen_sd import ModelSource
     assert ModelSource(path=str(tmp_path / "model")).info().prediction_type == "v_prediction"
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from conftest import compose, load_script, run_script, tiny_overrides
-from textinv.atomic import atomic_write_text, confined, inside
+from textinv.utils.atomic import atomic_write_text, confined, inside
 from textinv.errors import UserError
 from textinv.validation import GENERATE_RULES, TRAIN_RULES, check_value, safe_name, validate
 
@@ -111,7 +111,7 @@ def test_confined_writes_refuse_outside(tmp_path):
 def test_bad_embedding_tensors_refused_on_load(tmp_path, vectors, fragment):
     from safetensors.torch import save_file
 
-    from textinv.formats import load_embedding
+    from textinv.methods.textual_inversion.formats import load_embedding
 
     path = tmp_path / "learned_embeds.safetensors"
     save_file({"<x>": vectors}, str(path))
@@ -120,7 +120,7 @@ def test_bad_embedding_tensors_refused_on_load(tmp_path, vectors, fragment):
 
 
 def test_unreadable_and_foreign_checkpoints_refused(tmp_path, base_cfg):
-    from textinv.resume import check_resume, run_identity
+    from textinv.training.resume import check_resume, run_identity
 
     ident = run_identity(base_cfg, "<demo-toy>", "tiny", None)
     for content in (b"", b"garbage", b"PK\x03\x04broken"):
@@ -145,7 +145,7 @@ def copy_images(src, dst):
 
 
 def test_caption_past_the_window_and_non_utf8_caption_refused(tmp_path, demo_images):
-    from textinv.run import prepare
+    from textinv.training.job import prepare
 
     data = copy_images(demo_images, tmp_path / "data")
     first = sorted(data.glob("*.png"))[0]
@@ -158,7 +158,7 @@ def test_caption_past_the_window_and_non_utf8_caption_refused(tmp_path, demo_ima
 
 
 def test_unsupported_files_among_images_are_named(tmp_path, demo_images, caplog):
-    from textinv.images import list_image_files
+    from textinv.data.images import list_image_files
 
     data = copy_images(demo_images, tmp_path / "data")
     (data / "photo.heic").write_bytes(b"\x00" * 10)
@@ -168,8 +168,8 @@ def test_unsupported_files_among_images_are_named(tmp_path, demo_images, caplog)
 
 
 def test_run_folder_lock_refuses_a_second_process(tmp_path, demo_images):
-    from textinv.run import train
-    from textinv.run_lock import folder_lock
+    from textinv.training.job import train
+    from textinv.runs.lock import folder_lock
 
     run = tmp_path / "run"
     with folder_lock(run):

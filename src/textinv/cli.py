@@ -7,7 +7,7 @@ import functools
 import os
 import sys
 
-from .errors import UserError
+from textinv.errors import UserError
 
 # Disk full, read-only or forbidden output: the user's environment, not a bug.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.ENOTDIR,

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field, TypeAdapter, ValidationError
 
-from .errors import UserError
+from textinv.errors import UserError
 
 # strict: no "5" -> 5, no True -> 1; floats accept ints; NaN/inf are never allowed.
 Int = lambda **c: Annotated[int, Field(strict=True, **c)]  # noqa: E731

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..atomic import atomic_write_text
-from .models import HEADS
-from .world import STYLE_PHRASE
+from textinv.utils.atomic import atomic_write_text
+from textinv.toyworld.models import HEADS
+from textinv.toyworld.world import STYLE_PHRASE
 
 CONCEPT_KEYS = ("shape", "color", "style", "background")
 
@@ -53,7 +53,7 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
 
 def classify(classifier, images: list[Image.Image]) -> dict[str, list[str]] | None:
     """The classifier's reading of each image, per attribute (None for no images)."""
-    from .report import pil_to_unit
+    from textinv.toyworld.report import pil_to_unit
 
     return classifier.predict(pil_to_unit(images)) if images else None
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write, atomic_write_text
-from .world import WORLD_SIZE, render, sample_scene
+from textinv.utils.atomic import atomic_write, atomic_write_text
+from textinv.toyworld.world import WORLD_SIZE, render, sample_scene
 
 ATTRIBUTES = ("shape", "color", "background", "style", "size")
 # Marks a folder as drawn here (hidden: not a concept image). Such a folder is redrawn on every use, so a

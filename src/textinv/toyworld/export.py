@@ -20,7 +20,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_write_text
+from textinv.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def export_sd(folder: Path, vae, tokenizer, text_encoder, unet) -> None:
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from ..frozen_sd import SD_SCHEDULE
+    from textinv.models.frozen_sd import SD_SCHEDULE
 
     # Real SD 1.x folders ship a PNDM scheduler config over the same training schedule.
     schedule = {k: v for k, v in SD_SCHEDULE.items() if k != "clip_sample"}
@@ -42,7 +42,7 @@ def export_sd(folder: Path, vae, tokenizer, text_encoder, unet) -> None:
 
 
 def export_clip(folder: Path, model) -> None:
-    from .models import CLIP
+    from textinv.toyworld.models import CLIP
 
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "open_clip_config.json", json.dumps(CLIP, indent=2))
@@ -53,7 +53,7 @@ def export_clip(folder: Path, model) -> None:
 
 
 def export_classifier(folder: Path, model) -> None:
-    from .models import HEADS
+    from textinv.toyworld.models import HEADS
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
@@ -61,7 +61,7 @@ def export_classifier(folder: Path, model) -> None:
 
 
 def load_classifier(folder: str | Path):
-    from .models import AttributeClassifier
+    from textinv.toyworld.models import AttributeClassifier
 
     model = AttributeClassifier()
     model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
@@ -76,7 +76,7 @@ def write_checksums(out: Path) -> None:
 
 
 def export_all(out: Path, work: Path, recipe, vae, tokenizer, text_encoder, unet, clip, classifier) -> None:
-    from .report import world_report
+    from textinv.toyworld.report import world_report
 
     out.mkdir(parents=True, exist_ok=True)
     export_sd(out / "sd", vae, tokenizer, text_encoder, unet)

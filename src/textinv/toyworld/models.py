@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..clip_tokenizer import VOCAB_SIZE
-from .world import BACKGROUNDS, COLORS, SHAPES, STYLES
+from textinv.models.clip_tokenizer import VOCAB_SIZE
+from textinv.toyworld.world import BACKGROUNDS, COLORS, SHAPES, STYLES
 
 TEXT = dict(
     vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,

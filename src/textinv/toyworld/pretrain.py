@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_path, atomic_write_text
-from .stages import OutOfTime, Stage, load_ema, run_stage
-from .world import caption_at, render, scene_at
+from textinv.utils.atomic import atomic_path, atomic_write_text
+from textinv.toyworld.stages import OutOfTime, Stage, load_ema, run_stage
+from textinv.toyworld.world import caption_at, render, scene_at
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def torch_gen(seed: int, stage: int, step: int) -> torch.Generator:
 def train_vae(work: Path, recipe: Recipe, images: torch.Tensor, deadline: float):
     from diffusers import AutoencoderKL
 
-    from .models import VAE
+    from textinv.toyworld.models import VAE
 
     torch.manual_seed(recipe.seed + 1)
     vae = AutoencoderKL(**VAE)
@@ -149,9 +149,9 @@ def train_text_to_image(work: Path, recipe: Recipe, latents: dict, deadline: flo
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..clip_tokenizer import offline_clip_tokenizer
-    from ..frozen_sd import SD_SCHEDULE
-    from .models import TEXT, UNET
+    from textinv.models.clip_tokenizer import offline_clip_tokenizer
+    from textinv.models.frozen_sd import SD_SCHEDULE
+    from textinv.toyworld.models import TEXT, UNET
 
     torch.manual_seed(recipe.seed + 2)
     text_encoder, unet = CLIPTextModel(CLIPTextConfig(**TEXT)), UNet2DConditionModel(**UNET)
@@ -188,7 +188,7 @@ def train_text_to_image(work: Path, recipe: Recipe, latents: dict, deadline: flo
 def train_clip(work: Path, recipe: Recipe, images: torch.Tensor, deadline: float):
     import open_clip
 
-    from .models import CLIP
+    from textinv.toyworld.models import CLIP
 
     torch.manual_seed(recipe.seed + 3)
     model = open_clip.CLIP(**CLIP["model_cfg"])
@@ -223,7 +223,7 @@ def classifier_view(pixels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_classifier(work: Path, recipe: Recipe, images: torch.Tensor, deadline: float):
-    from .models import HEADS, AttributeClassifier
+    from textinv.toyworld.models import HEADS, AttributeClassifier
 
     torch.manual_seed(recipe.seed + 4)
     model = AttributeClassifier()
@@ -246,7 +246,7 @@ def train_classifier(work: Path, recipe: Recipe, images: torch.Tensor, deadline:
 # --------------------------------------------------------------------------------------------------
 
 def pretrain(work: Path, out: Path, recipe: Recipe, minutes: float | None = None) -> Path:
-    from .export import export_all
+    from textinv.toyworld.export import export_all
 
     work.mkdir(parents=True, exist_ok=True)
     recipe_file = work / "recipe.json"

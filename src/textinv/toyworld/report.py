@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .world import CAPTIONED_STYLES, COLORS, SHAPES, full_caption, render, scene_at
+from textinv.toyworld.world import CAPTIONED_STYLES, COLORS, SHAPES, full_caption, render, scene_at
 
 HELD_OUT = 1_000_003  # scene seed offset of the held-out set
 CHANCE = {"shape": 1 / len(SHAPES), "color": 1 / len(COLORS), "background": 1 / 4, "style": 1 / 3}
@@ -22,7 +22,7 @@ CHANCE = {"shape": 1 / len(SHAPES), "color": 1 / len(COLORS), "background": 1 / 
 
 def pil_to_unit(images) -> torch.Tensor:
     """PIL images -> float NCHW in [-1, 1], as the models were trained on (pretrain.to_unit)."""
-    from .pretrain import to_unit
+    from textinv.toyworld.pretrain import to_unit
 
     return to_unit(torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])))
 
@@ -78,7 +78,7 @@ def classifier_accuracy(out: Path, classifier, seed: int, n: int = 512) -> tuple
 
 @torch.no_grad()
 def clip_zero_shot(out: Path, drawn, scenes) -> dict:
-    from ..metrics import ClipScorer
+    from textinv.evaluation.metrics import ClipScorer
 
     scorer = ClipScorer(f"local-dir:{out / 'clip'}", None)
     img = scorer.image_embeddings(drawn)
@@ -91,7 +91,7 @@ def clip_zero_shot(out: Path, drawn, scenes) -> dict:
 
 
 def world_report(out: Path, recipe) -> dict:
-    from .export import load_classifier
+    from textinv.toyworld.export import load_classifier
 
     classifier = load_classifier(out / "classifier")
     cls, drawn, scenes = classifier_accuracy(out, classifier, recipe.seed)

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
+from textinv.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,383 @@
+"""`make bench`: training-step time and evaluation-generation throughput on the real SD 1.5 architecture.
+
+Training: seconds per step and peak memory. Compared with the floor, one forward and backward of the
+frozen text encoder and UNet alone, the training step adds only what textual inversion needs (embedding
+swap, noise, loss, a 768-float AdamW update).
+Generation: images per second for evaluation images at the eval defaults (DDIM, guidance 5.0, seeds
+seed + k), batched (eval.batch_size images per pipeline call, what evaluation does) vs one image per
+pipeline call (how peer tools render validation images); the same images either way. On CPU it uses
+fewer sampler steps (--gen-steps, default 5 on CPU, 50 on GPU) and reports the per-step cost and a
+projection to 50 steps (sampling time scales with steps; the VAE decode, timed separately, does not).
+Evaluation cost: with both measured, the compute of a whole default `concept=deku_tree` run (its plan,
+textinv.evaluation.plan) in seconds: training = micro-steps x s/step; evaluation = per image, its sampler steps
+x s per image-step + one VAE decode, and the validation loss at half a guided image-step per UNet forward;
+before (every evaluation full protocol, no validation loss) and after (today's defaults) side by side.
+The light protocol (DDIM, fewer steps and images) costs one guided UNet pass per sampler step, as the full one does.
+Each measurement runs in its own process so peak memory is its own.
+SDXL (`--model sdxl_arch --parts floor,train,peer`): the floor runs both text encoders and the UNet with
+its pooled and size conditioning; `peer` times diffusers' own textual_inversion_sdxl.py on the same
+random weights saved with save_pretrained (textinv.bench.peer; --peer-script or $TEXTINV_PEER_SCRIPT).
+Usage: python -m textinv.bench [--resolution 256] [--steps 6] [--model sd15_arch] [--gen-steps N]
+       [--gen-images N] [--gen-batch 8] [--parts floor,train,generate] [--peer-script FILE] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def peak_memory_gb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
+
+
+def floor(model: str, resolution: int, steps: int, device: str) -> dict:
+    """Text encoder(s) + UNet forward and backward, gradients only as far as the token embeddings
+    (SDXL: both encoders, penultimate states, pooled projection and size conditioning, via its family)."""
+    from textinv.models.frozen_sd import ModelSource
+
+    frozen = ModelSource(model).load().to(device)
+    family, encoders, unet = frozen.family, frozen.text_encoders, frozen.unet
+    for te in encoders:
+        te.get_input_embeddings().register_forward_hook(lambda m, i, out: out.detach().requires_grad_())
+    ids = [i.to(device) for i in family.tokenize(frozen.tokenizers, ["a photo of a toy"])]
+    f = 2 ** (len(frozen.vae.config.block_out_channels) - 1)
+    latents = torch.randn(1, 4, resolution // f, resolution // f, device=device)
+    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
+    times = []
+    for _ in range(steps + 1):  # the first is warm-up (allocator, kernels): left out, as the other parts do
+        t0 = time.perf_counter()
+        cond = family.encode(encoders, frozen.tokenizers, ids)
+        kwargs = family.unet_kwargs(cond, time_ids, unet.dtype)
+        pred = unet(latents, torch.tensor([500], device=device), **kwargs).sample
+        torch.nn.functional.mse_loss(pred, latents).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": times[1:]}
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+class _StepTimer:
+    def __init__(self):
+        import lightning as L
+
+        timer = self
+
+        class Cb(L.Callback):
+            def on_train_batch_end(self, trainer, *args):
+                if trainer.strategy.root_device.type == "cuda":
+                    torch.cuda.synchronize()
+                timer.marks.append(time.perf_counter())
+
+        self.marks: list[float] = []
+        self.callback = Cb()
+
+
+def train_steps(model: str, resolution: int, steps: int, device: str) -> dict:
+    from hydra.utils import instantiate
+
+    from textinv.training.job import build_trainer, prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _compose(f"model={model}", "concept=demo", f"data.resolution={resolution}", "data.batch_size=1",
+                       "trainer.accumulate_grad_batches=1", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+                       f"steps={steps + 1}", "logger=csv", f"run_dir={tmp}", "~callbacks.model_checkpoint",
+                       "~callbacks.progress_bar", "callbacks.embedding_writer.every_n_steps=0",
+                       "callbacks.validation_loss.enabled=false",
+                       "+trainer.enable_checkpointing=false")
+        _, _, concept, source, datamodule = prepare(cfg)
+        module = instantiate(cfg.module, _convert_="all")(frozen=source.load(), placeholder=concept.placeholder,
+                                                          initializer=cfg.init, seed=cfg.seed)
+        trainer = build_trainer(cfg)
+        timer = _StepTimer()
+        trainer.callbacks.append(timer.callback)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        marks = [start] + timer.marks
+        optimizer_state = sum(t.numel() * t.element_size() for s in trainer.optimizers[0].state.values()
+                              for t in s.values() if torch.is_tensor(t))
+    # the first step includes the latent cache and warm-up: leave it out
+    return {"seconds": [b - a for a, b in zip(marks[1:], marks[2:])], "optimizer_state_bytes": optimizer_state}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def generation(model: str, resolution: int, device: str, gen_steps: int, gen_images: int, gen_batch: int) -> dict:
+    """Evaluation images per second: `gen_batch` images per pipeline call vs one image per call."""
+    import numpy as np
+
+    from textinv.evaluation.evaluator import EvalConfig
+    from textinv.models.frozen_sd import ModelSource
+    from textinv.models.generation import ImageGenerator
+
+    ev = EvalConfig()
+    frozen = ModelSource(model).load()
+    frozen.to(device)
+    gen = ImageGenerator.from_frozen(frozen, scheduler=ev.scheduler)
+    kw = dict(seed=ev.seed, guidance_scale=ev.guidance_scale, negative_prompt=ev.negative_prompt,
+              height=resolution, width=resolution, output_type="np")
+    prompts = ["a photo of a toy"]
+    with torch.inference_mode():
+        # warm-up at both batch sizes (allocator, kernels, the cached prompt encoding)
+        gen.generate(prompts, 1, steps=1, batch_size=1, **kw)
+        gen.generate(prompts, min(gen_batch, gen_images), steps=1, batch_size=gen_batch, **kw)
+        out, seconds = {}, {}
+        for mode, batch in (("batched", gen_batch), ("single", 1)):
+            _sync(device)
+            t0 = time.perf_counter()
+            out[mode] = gen.generate(prompts, gen_images, steps=gen_steps, batch_size=batch, **kw)[0]
+            _sync(device)
+            seconds[mode] = time.perf_counter() - t0
+        # the VAE decode per image does not scale with sampler steps: time it alone for the projection
+        f = gen.pipe.vae_scale_factor
+        decode = {}
+        for mode, batch in (("batched", gen_batch), ("single", 1)):
+            z = torch.randn(batch, frozen.vae.config.latent_channels, resolution // f, resolution // f,
+                            device=device, dtype=frozen.vae.dtype)
+            frozen.vae.decode(z)
+            _sync(device)
+            t0 = time.perf_counter()
+            frozen.vae.decode(z)
+            _sync(device)
+            decode[mode] = (time.perf_counter() - t0) / batch
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(out["batched"], out["single"]))
+    return {"seconds": seconds, "decode_s_per_image": decode, "images": gen_images, "gen_steps": gen_steps,
+            "gen_batch": gen_batch, "max_pixel_diff": diff}
+
+
+COST_CONCEPT = "deku_tree"
+# "before": what a default run evaluated until issue 11 (the full protocol at every evaluation)
+BEFORE = ("eval.light.enabled=false", "callbacks.validation_loss.enabled=false")
+
+
+def eval_cost_report(train_s_per_step: float, s_per_image_step: float, decode_s_per_image: float) -> dict:
+    """A default concept=deku_tree run's training and evaluation compute, before and after, from the
+    measured per-step and per-image costs."""
+    from textinv.evaluation.plan import eval_compute_seconds, make_plan
+
+    out = {}
+    for name, overrides in (("before", BEFORE), ("after", ())):
+        plan = make_plan(_compose(f"concept={COST_CONCEPT}", "run_dir=/tmp/unused", *overrides))
+        train = plan["train_micro_steps"] * train_s_per_step
+        ev = eval_compute_seconds(plan, s_per_image_step, decode_s_per_image)
+        out[name] = {"train_micro_steps": plan["train_micro_steps"], "evaluations": len(plan["evaluations"]),
+                     "eval_images": plan["eval_images"], "eval_unet_forwards": plan["eval_unet_forwards"],
+                     "validation_unet_forwards": plan["validation_unet_forwards"],
+                     "train_s": round(train), "eval_s": round(ev), "eval_over_train": round(ev / train, 3),
+                     "eval_share_of_run": round(ev / (ev + train), 3)}
+    return out
+
+
+def peer(model: str, resolution: int, steps: int, device: str, script: str | None = None) -> dict:
+    """diffusers' textual_inversion_sdxl.py on the same random weights and images (textinv.bench.peer)."""
+    from textinv.bench.peer import peer_script, peer_steps
+    from textinv.data.datamodule import ConceptDataModule
+    from hydra.utils import instantiate
+
+    path = peer_script(script)
+    if path is None or not path.is_file():
+        raise SystemExit(f"no peer script at {path}: pass --peer-script PATH (diffusers' "
+                         "examples/textual_inversion/textual_inversion_sdxl.py) or set TEXTINV_PEER_SCRIPT")
+    concept = instantiate(_compose("concept=demo").concept, _convert_="all")
+    ConceptDataModule(concept, resolution=resolution).load()  # draws the demo images on first use
+    return peer_steps(path, model, resolution, steps, concept.folder.resolve(), concept.placeholder,
+                      concept.initializer)
+
+
+PARTS = {"floor": floor, "train": train_steps, "generate": generation, "peer": peer}
+# peer: on request (it needs the script), e.g. --model sdxl_arch --parts floor,train,peer
+DEFAULT_PARTS = "floor,train,generate"
+
+
+def call_part(part: str, args) -> dict:
+    if part == "generate":
+        return generation(args.model, args.resolution, args.device, args.gen_steps, args.gen_images, args.gen_batch)
+    if part == "peer":
+        return peer(args.model, args.resolution, args.steps, args.device, args.peer_script)
+    return PARTS[part](args.model, args.resolution, args.steps, args.device)
+
+
+def run_part(part: str, args) -> dict:
+    cmd = [sys.executable, "-m", "textinv.bench", "--part", part, "--model", args.model, "--resolution",
+           str(args.resolution), "--steps", str(args.steps), "--device", args.device,
+           "--gen-steps", str(args.gen_steps), "--gen-images", str(args.gen_images), "--gen-batch", str(args.gen_batch)]
+    if args.peer_script:
+        cmd += ["--peer-script", str(args.peer_script)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
+    if out.returncode != 0:
+        why = " (killed: out of memory?)" if out.returncode in (-9, 137) else ""
+        raise SystemExit(f"bench part {part} failed with exit status {out.returncode}{why}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def generation_report(g: dict, eval_steps: int = 50) -> dict:
+    """images/s both ways, their ratio, the per-step cost and a projection to the eval default of 50 steps."""
+    rep = {"gen_steps": g["gen_steps"], "gen_images": g["images"], "gen_batch": g["gen_batch"],
+           "gen_max_pixel_diff": g["max_pixel_diff"]}
+    for mode in ("batched", "single"):
+        per_image = g["seconds"][mode] / g["images"]
+        decode = min(g["decode_s_per_image"][mode], per_image)
+        per_step = (per_image - decode) / g["gen_steps"]
+        rep[f"gen_{mode}_images_per_s"] = round(1 / per_image, 4)
+        rep[f"gen_{mode}_s_per_image"] = round(per_image, 3)
+        rep[f"gen_{mode}_s_per_image_step"] = round(per_step, 4)
+        rep[f"gen_{mode}_decode_s_per_image"] = round(decode, 3)
+        rep[f"gen_{mode}_images_per_s_at_{eval_steps}_steps"] = round(1 / (per_step * eval_steps + decode), 4)
+    rep["gen_speedup"] = round(g["seconds"]["single"] / g["seconds"]["batched"], 3)
+    rep[f"gen_speedup_at_{eval_steps}_steps"] = round(rep[f"gen_batched_images_per_s_at_{eval_steps}_steps"]
+                                                      / rep[f"gen_single_images_per_s_at_{eval_steps}_steps"], 3)
+    return rep
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m textinv bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="sd15_arch")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--steps", type=int, default=6, help="training steps to time")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--gen-steps", type=int, help="sampler steps for the generation benchmark (default: 50 on GPU, "
+                   "5 on CPU; eval uses 50)")
+    p.add_argument("--gen-images", type=int, help="images generated each way (default: 2 x --gen-batch on GPU, "
+                   "--gen-batch on CPU)")
+    p.add_argument("--gen-batch", type=int, help="images per pipeline call when batched (default: eval.batch_size)")
+    p.add_argument("--parts", default=DEFAULT_PARTS, help=f"comma-separated subset of {','.join(PARTS)} "
+                   f"(default {DEFAULT_PARTS})")
+    p.add_argument("--peer-script", help="diffusers' textual_inversion_sdxl.py for the peer part "
+                   "(default: $TEXTINV_PEER_SCRIPT)")
+    p.add_argument("--part", choices=list(PARTS))
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    from textinv.evaluation.evaluator import EvalConfig
+
+    args.gen_batch = args.gen_batch or EvalConfig().batch_size
+    args.gen_steps = args.gen_steps or (50 if args.device == "cuda" else 5)
+    args.gen_images = args.gen_images or (2 * args.gen_batch if args.device == "cuda" else args.gen_batch)
+    if min(args.gen_steps, args.gen_images, args.gen_batch, args.steps) < 1:
+        raise SystemExit("error: --steps, --gen-steps, --gen-images and --gen-batch must be >= 1")
+    if args.part:  # child process: one measurement, JSON on the last stdout line
+        result = call_part(args.part, args)
+        result["peak_memory_gb"] = peak_memory_gb(args.device)
+        print(json.dumps(result))
+        return
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    unknown = [x for x in parts if x not in PARTS]
+    if unknown or not parts:
+        raise SystemExit(f"error: --parts {args.parts!r}: choose from {','.join(PARTS)}")
+    if "peer" in parts:
+        from textinv.bench.peer import peer_script
+
+        script = peer_script(args.peer_script)
+        if script is None or not script.is_file():
+            print(f"peer: skipped, no script at {script} (pass --peer-script or set TEXTINV_PEER_SCRIPT to diffusers' "
+                  "examples/textual_inversion/textual_inversion_sdxl.py)")
+            parts.remove("peer")
+        else:
+            args.peer_script = str(script)
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    results, load_during = {}, {}
+    for part in parts:
+        results[part] = run_part(part, args)
+        load_during[part] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    report = {"model": args.model, "resolution": args.resolution, "device": args.device,
+              "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "load_avg_1min_before": load_before, "load_avg_1min_after_each_part": load_during,
+              **{f"{part}_seconds": [round(x, 3) for x in r["seconds"]] for part, r in results.items()
+                 if isinstance(r.get("seconds"), list)}}
+    for part in ("floor", "train", "peer"):  # under load the fastest step is the least disturbed one
+        if part in results:
+            report[f"{part}_s_per_step_min"] = round(min(results[part]["seconds"]), 3)
+    if "floor" in results and "train" in results:
+        f, t = (statistics.median(results[k]["seconds"]) for k in ("floor", "train"))
+        report.update({
+            "batch": 1, "floor_s_per_step": round(f, 3), "train_s_per_step": round(t, 3), "ratio": round(t / f, 3),
+            "floor_peak_gb": round(results["floor"]["peak_memory_gb"], 2),
+            "train_peak_gb": round(results["train"]["peak_memory_gb"], 2),
+            "optimizer_state_bytes": results["train"]["optimizer_state_bytes"],
+        })
+        print(f"training step, {args.model} at {args.resolution} px, batch 1, {args.device}:")
+        print(f"  floor (text encoder + UNet fwd/bwd): {f:.3f} s/step, peak {report['floor_peak_gb']} GiB")
+        print(f"  textinv training step:               {t:.3f} s/step, peak {report['train_peak_gb']} GiB")
+        report["ratio_min"] = round(report["train_s_per_step_min"] / report["floor_s_per_step_min"], 3)
+        print(f"  ratio {t / f:.3f} (target <= 1.15; fastest steps {report['ratio_min']:.3f}); optimizer state "
+              f"{report['optimizer_state_bytes']} bytes")
+    else:
+        for part in ("floor", "train"):
+            if part in results:
+                report[f"{part}_s_per_step"] = round(statistics.median(results[part]["seconds"]), 3)
+                report[f"{part}_peak_gb"] = round(results[part]["peak_memory_gb"], 2)
+                print(f"{part}: {report[f'{part}_s_per_step']:.3f} s/step, peak {report[f'{part}_peak_gb']} GiB")
+    if "peer" in results:
+        p = statistics.median(results["peer"]["seconds"])
+        report.update(peer_s_per_step=round(p, 3), peer_peak_gb=round(results["peer"]["peak_memory_gb"], 2),
+                      peer_script=results["peer"]["script"])
+        print(f"  diffusers' textual_inversion_sdxl.py:  {p:.3f} s/step, peak {report['peer_peak_gb']} GiB "
+              f"({results['peer']['script']})")
+        if "train" in results:
+            t = statistics.median(results["train"]["seconds"])
+            report["speedup_vs_peer"] = round(p / t, 3)
+            report["speedup_vs_peer_min"] = round(report["peer_s_per_step_min"] / report["train_s_per_step_min"], 3)
+            print(f"  textinv is {p / t:.3f}x faster than the peer script (target >= 1.3); fastest steps: "
+                  f"{report['speedup_vs_peer_min']:.3f}x")
+    if "generate" in results:
+        g = generation_report(results["generate"])
+        report.update(g, gen_peak_gb=round(results["generate"]["peak_memory_gb"], 2))
+        n, b, st = g["gen_images"], g["gen_batch"], g["gen_steps"]
+        print(f"evaluation generation, {args.model} at {args.resolution} px, DDIM {st} steps, guidance 5.0, "
+              f"{n} images each way, {args.device}:")
+        for mode, what in (("batched", f"{b} images per pipeline call"), ("single", "1 image per pipeline call")):
+            print(f"  {what + ':':28s} {g[f'gen_{mode}_images_per_s']:.4f} images/s "
+                  f"({g[f'gen_{mode}_s_per_image']:.2f} s/image; {g[f'gen_{mode}_s_per_image_step']:.3f} s per image "
+                  f"per step + {g[f'gen_{mode}_decode_s_per_image']:.3f} s decode)")
+        print(f"  batched / single: {g['gen_speedup']:.3f}x (target >= 1.3 on CPU); projected to 50 steps: "
+              f"{g['gen_batched_images_per_s_at_50_steps']:.4f} vs {g['gen_single_images_per_s_at_50_steps']:.4f} "
+              f"images/s, {g['gen_speedup_at_50_steps']:.3f}x; same images either way (max pixel difference "
+              f"{g['gen_max_pixel_diff']:.2e})")
+    if "train" in results and "generate" in results:
+        c = eval_cost_report(report["train_s_per_step"], report["gen_batched_s_per_image_step"],
+                             report["gen_batched_decode_s_per_image"])
+        report["eval_cost"] = c
+        b, a = c["before"], c["after"]
+        print(f"evaluation cost of a default concept={COST_CONCEPT} run (plan x measured costs above), "
+              f"before (full protocol at every evaluation) | after (light during training, full at the end):")
+        rows = [("training micro-steps", "train_micro_steps", "{:,}"), ("evaluations", "evaluations", "{}"),
+                ("images generated", "eval_images", "{:,}"), ("eval UNet forwards", "eval_unet_forwards", "{:,}"),
+                ("validation-loss UNet forwards", "validation_unet_forwards", "{:,}"),
+                ("training compute, s", "train_s", "{:,}"), ("evaluation compute, s", "eval_s", "{:,}"),
+                ("evaluation / training", "eval_over_train", "{:.3f}x"),
+                ("evaluation share of the run", "eval_share_of_run", "{:.0%}")]
+        for label, key, f in rows:
+            print(f"  {label + ':':32s} {f.format(b[key]):>12s} | {f.format(a[key]):>12s}")
+        print(f"  target: evaluation <= 1.2x training after ({'met' if a['eval_over_train'] <= 1.2 else 'NOT met'})")
+    if load_before is not None and load_before > 0.5:
+        print(f"note: the 1-minute load average was {load_before} on {os.cpu_count()} cores before the benchmark "
+              "started: other jobs share this machine and the times may be inflated")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

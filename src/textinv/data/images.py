@@ -1,0 +1,118 @@
+"""Read concept photos robustly: EXIF orientation, RGBA/grayscale/CMYK/16-bit, huge files, bad files."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from textinv.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".mpo", ".bmp", ".gif", ".tif", ".tiff"}
+SIDE_FILES = {".txt", ".json", ".md", ".yaml", ".yml", ".csv"}  # captions and notes beside images: not images
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files directly in `folder` (sorted; hidden files and sub-folders ignored)."""
+    if not folder.exists():
+        raise UserError(f"concept data folder {folder} does not exist; put 3-8 images there or set concept.data_dir=<folder>")
+    if not folder.is_dir():
+        raise UserError(f"concept.data_dir={folder} is not a folder; point it at a folder of images")
+    files, unsupported = [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        # is_file() follows links; a dangling or looping link is simply not a file.
+        if entry.name.startswith("."):
+            continue
+        if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
+            if Path(entry.name).suffix.lower() not in SIDE_FILES and _is_file(entry):
+                unsupported.append(entry.name)
+            continue
+        try:
+            if entry.is_file():
+                files.append(Path(entry.path))
+        except OSError:
+            log.warning("skipping %s: cannot stat it", entry.path)
+    if unsupported and files:  # never a silent drop: say which files are not used
+        log.warning("skipping %d file(s) of unsupported formats in %s (%s); use %s", len(unsupported), folder,
+                    ", ".join(unsupported[:5]) + (", ..." if len(unsupported) > 5 else ""),
+                    ", ".join(sorted(IMAGE_SUFFIXES)))
+    if not files:
+        raise UserError(f"concept data folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add 3-8 images of the concept")
+    return files
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB; transparency is composited onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "RGB" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: Path, min_side: int) -> Image.Image:
+    """Decode one image at roughly `min_side` on its short side (large JPEGs decode at reduced size)."""
+    with Image.open(path) as img:
+        img.draft("RGB", (min_side, min_side))  # JPEG: decode at 1/2, 1/4, 1/8 scale when big
+        img.seek(0)  # animated GIF / multi-picture MPO: the first frame
+        img = ImageOps.exif_transpose(img)
+        img.load()
+        img = _to_rgb(img)
+    w, h = img.size
+    scale = min_side / min(w, h)
+    if scale < 1:
+        img = img.resize((max(min_side, round(w * scale)), max(min_side, round(h * scale))), Image.Resampling.LANCZOS)
+    return img
+
+
+def original_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file as shown (EXIF rotation applied), read from its header only."""
+    with Image.open(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+            w, h = h, w
+    return h, w
+
+
+def load_concept_images(folder: Path, min_side: int) -> tuple[list[Image.Image], list[Path]]:
+    """All readable images of a concept; unreadable or truncated ones are skipped with a warning."""
+    images, used = [], []
+    for path in list_image_files(folder):
+        try:
+            images.append(load_image(path, min_side))
+            used.append(path)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            log.warning("skipping unreadable image %s (%s)", path, err)
+    if not images:
+        raise UserError(f"no readable image in {folder}: every file failed to decode; add valid JPEG/PNG/WebP images")
+    return images, used
+
+
+def read_caption(image_path: Path) -> str | None:
+    caption = image_path.with_suffix(".txt")
+    if caption.is_file():
+        try:
+            text = caption.read_bytes().decode("utf-8-sig").strip()
+        except UnicodeDecodeError as err:  # garbled text would train on a wrong prompt: refuse
+            raise UserError(f"caption {caption} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it as "
+                            "UTF-8 or remove it") from None
+        return text or None
+    return None

@@ -1,0 +1,79 @@
+"""Stable Diffusion 1.x / 2.x: one CLIP text encoder; its last hidden state conditions the UNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from textinv.models.family.base import ModelFamily, PromptEncoding
+
+
+class SDFamily(ModelFamily):
+    name = "sd"
+    label = "SD 1.x/2.x"
+    parts = ("text_encoder",)
+    default_resolution = 512
+
+    @property
+    def archs(self) -> dict:
+        from textinv.models.frozen_sd import ARCHS
+
+        return ARCHS
+
+    def load_tokenizers(self, source) -> list:
+        from transformers import CLIPTokenizer
+
+        from textinv.models.clip_tokenizer import offline_clip_tokenizer
+
+        return [source._pretrained(CLIPTokenizer, "tokenizer") if source.source == "hub" else offline_clip_tokenizer()]
+
+    def load_text_encoders(self, source) -> list:
+        from transformers import CLIPTextModel
+
+        return [source._pretrained(CLIPTextModel, "text_encoder")]
+
+    def build_random(self, arch: str, seed: int):
+        from textinv.models.frozen_sd import build_random
+
+        text_encoder, vae, unet, _ = build_random(arch, seed)
+        return [text_encoder], vae, unet
+
+    def encode(self, text_encoders: list, tokenizers: list, ids: list[torch.Tensor]) -> PromptEncoding:
+        encoder, batch = text_encoders[0], ids[0].to(text_encoders[0].device)
+        mask = None
+        if getattr(encoder.config, "use_attention_mask", False):  # never masks BOS/EOS of CLIP prompts
+            mask = (batch != tokenizers[0].pad_token_id).long()
+        return PromptEncoding(encoder(batch, attention_mask=mask)[0])
+
+    def unet_kwargs(self, cond: PromptEncoding, time_ids, dtype) -> dict:
+        return {"encoder_hidden_states": cond.embeds.to(dtype)}
+
+    def pipeline(self, tokenizers: list, vae, unet, scheduler):
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=tokenizers[0], unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       image_encoder=None, requires_safety_checker=False)
+
+    def pipe_inputs(self, cond: PromptEncoding, uncond: PromptEncoding) -> dict:
+        return {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}
+
+    def register_embeddings(self, pipe, loaded: list, names: list[str], tokenizers: list, text_encoders: list) -> None:
+        pipe.load_textual_inversion([e.vectors for e in loaded], token=names, tokenizer=tokenizers[0],
+                                    text_encoder=text_encoders[0])
+
+    def read_embedding(self, path, widths: Sequence[int] | None = None):
+        from textinv.methods.textual_inversion.formats import load_embedding
+
+        return load_embedding(path, widths[0] if widths else None)
+
+    def write_files(self, folder: Path, placeholder, vectors: torch.Tensor, widths, step: int, model_name: str,
+                    suffix: str = "") -> list[Path]:
+        from textinv.runs.layout import write_sd_files
+
+        return write_sd_files(folder, placeholder, vectors, step, model_name, suffix)
+
+
+SD = SDFamily()

@@ -1,0 +1,355 @@
+"""Finished runs -> tables: read `eval/metrics.json` of many run directories and aggregate them.
+
+Shared by `experiments/table.py` (the study's Table 1: rows SD and SD + TI, written by textinv.runs.report) and
+`experiments/figures.py`, and meant for later sweep tables too: `aggregate(runs, key=...)` groups by any function of a run, and
+`RunResult.get("lr")` / `RunResult.get("module.optim.schedule")` read the metrics header first and the
+run's resolved `config.yaml` second.
+
+A run directory is any folder holding `eval/metrics.json` (written by every training run that
+evaluates, and by `baseline=true` runs); `run.json` beside it marks the run finished. Each run
+contributes its **final full-protocol** evaluation (the last record with protocol "full"; records
+from before protocols existed count as full); light-protocol evaluations only make steps curves, one
+protocol per curve (`curve_protocol`). Mean and spread are over runs: the mean, and the sample standard
+deviation (n - 1 in the denominator), of the per-run finals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from textinv.errors import UserError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = Path("eval") / "metrics.json"
+FINISHED_MARKER = "run.json"
+BASELINE_ROW, TI_ROW = "SD", "SD + TI"
+ROW_ORDER = (BASELINE_ROW, TI_ROW)
+
+# The study's Table 1 (CLIP-based, higher is better for both).
+STUDY_TABLE = {
+    BASELINE_ROW: {"reconstruction": 0.7622, "editability": 0.2639},
+    TI_ROW: {"reconstruction": 0.8077, "editability": 0.1611},
+}
+
+# Table column -> key in an evaluation record of metrics.json.
+TABLE_METRICS = {"reconstruction": "reconstruction", "editability": "editability", "fid": "fid",
+                 "kid": "kid_mean", "is": "is_mean"}
+METRIC_LABELS = {"reconstruction": "Reconstruction", "editability": "Editability", "fid": "FID", "kid": "KID",
+                 "is": "IS"}
+# Settings that must agree for runs to be compared in one table.
+COMPARABLE_SETTINGS = ("num_images", "sampler_steps", "guidance_scale", "scheduler", "seed", "negative_prompt",
+                       "resolution", "clip", "clip_t_text", "fid", "reconstruction_prompt")
+FULL, LIGHT = "full", "light"
+
+
+def protocol_of(evaluation: dict) -> str:
+    """An evaluation record's protocol; records written before protocols existed used the full one."""
+    return str(evaluation.get("protocol") or FULL)
+
+
+def curve_protocol(runs: Sequence["RunResult"]) -> str:
+    """The one protocol a steps curve over `runs` uses: light where every run has it, else full."""
+    return LIGHT if runs and all(r.has_protocol(LIGHT) for r in runs) else FULL
+
+
+def read_json(path: Path, missing: str, fix: str = ""):
+    """A JSON file of a run; a missing or unreadable one is a UserError (`missing`, or invalid JSON + `fix`)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}){fix}") from None
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    header: dict  # concept, kind, placeholder, initializer, baseline, model, seed, lr, steps, num_vectors, settings
+    evaluations: list[dict]
+    finished: bool
+    _config: dict | None = field(default=None, repr=False)
+
+    @property
+    def baseline(self) -> bool:
+        return bool(self.header.get("baseline"))
+
+    @property
+    def row(self) -> str:
+        return BASELINE_ROW if self.baseline else TI_ROW
+
+    def has_protocol(self, protocol: str) -> bool:
+        return any(protocol_of(e) == protocol for e in self.evaluations)
+
+    def curve(self, protocol: str) -> list[dict]:
+        """The evaluations of one protocol, in step order (a steps curve)."""
+        return [e for e in self.evaluations if protocol_of(e) == protocol]
+
+    @property
+    def final(self) -> dict:
+        """The last full-protocol evaluation: what tables read."""
+        full = self.curve(FULL)
+        if not full:
+            raise UserError(f"{self.run_dir / METRICS_FILE} has no full-protocol evaluation yet (only light ones "
+                            "during training); let the run finish or leave it out")
+        return full[-1]
+
+    @property
+    def concept(self) -> str:
+        return str(self.header.get("concept"))
+
+    @property
+    def seed(self):
+        return self.header.get("seed")
+
+    @property
+    def model(self) -> str:
+        return str(self.header.get("model"))
+
+    @property
+    def model_id(self) -> str:
+        """Name and location: two model folders can share a name (`model=sd15 model.path=...`)."""
+        where = self.header.get("model_location") or self.get("model.path") or self.get("model.hub_id")
+        return f"{self.model} ({where})" if where and str(where) != self.model else self.model
+
+    @property
+    def family(self) -> str:
+        """The model family (sd: SD 1.x/2.x, sdxl); runs written before families existed are SD 1.x/2.x."""
+        return str(self.header.get("family") or "sd")
+
+    @property
+    def settings(self) -> dict:
+        return self.header.get("settings") or {}
+
+    @property
+    def word(self) -> str:
+        """What stands in for {} in the prompts: the initializer word (baseline) or the learned token."""
+        return str(self.header.get("initializer") if self.baseline else self.header.get("placeholder"))
+
+    def value(self, key: str, evaluation: dict | None = None) -> float | None:
+        """A finite number from an evaluation record (the final one by default), else None."""
+        v = (self.final if evaluation is None else evaluation).get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        return float(v)
+
+    @property
+    def config(self) -> dict:
+        if self._config is None:
+            path = self.run_dir / "config.yaml"
+            if path.is_file():
+                from omegaconf import OmegaConf
+
+                self._config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            else:
+                self._config = {}
+        return self._config
+
+    def get(self, key: str, default=None):
+        """A header field (`lr`, `seed`, `initializer`, ...), else a dotted key of the run's config.yaml."""
+        if key in self.header:
+            return self.header[key]
+        node = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    # --- images --------------------------------------------------------------------------------
+    def evaluation_at(self, step: int, protocol: str = FULL) -> dict | None:
+        return next((e for e in self.evaluations if e.get("step") == step and protocol_of(e) == protocol), None)
+
+    def image_steps(self, protocol: str = FULL) -> list[int]:
+        """Training steps with an image folder of `protocol` (eval/images/stepNNNNNN[-light]), ascending."""
+        root = self.run_dir / "eval" / "images"
+        suffix = "" if protocol == FULL else f"-{protocol}"
+        steps = []
+        for d in root.glob(f"step*{suffix}") if root.is_dir() else []:
+            digits = d.name[4:len(d.name) - len(suffix)]
+            if d.is_dir() and digits.isdigit() and d.name == f"step{digits}{suffix}":
+                steps.append(int(digits))
+        return sorted(steps)
+
+    def images_dir(self, step: int | None = None, protocol: str = FULL) -> Path:
+        """The baseline's image folder, or a TI run's folder of `step` (default: its final evaluation)."""
+        root = self.run_dir / "eval" / "images"
+        suffix = "" if protocol == FULL else f"-{protocol}"
+        if self.baseline:
+            return root / f"baseline{suffix}"
+        if step is None:
+            last = self.curve(protocol)
+            step = last[-1].get("step") if last else None
+            if (step is None or not (root / f"step{step:06d}{suffix}").is_dir()) and self.image_steps(protocol):
+                step = self.image_steps(protocol)[-1]
+            if step is None:
+                raise UserError(f"{self.run_dir} has no {protocol}-protocol evaluation images")
+        return root / f"step{step:06d}{suffix}"
+
+    def templates(self, folder: Path) -> list[str]:
+        """The prompt templates of an image folder (prompts.json; p00 = the reconstruction prompt)."""
+        path = folder / "prompts.json"
+        templates = read_json(path, missing=f"{folder} has no prompts.json; is it an eval/images folder of a run?")
+        if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
+            raise UserError(f"{path} should be a list of prompt templates")
+        return templates
+
+    def prompt_text(self, p: int, template: str, evaluation: dict | None = None) -> str:
+        """Prompt p as generated (from metrics.json where recorded, else the template with the run's word)."""
+        per_prompt = (evaluation or self.final).get("per_prompt") or []
+        if p < len(per_prompt) and per_prompt[p].get("template") == template and per_prompt[p].get("prompt"):
+            return str(per_prompt[p]["prompt"])
+        return template.replace("{}", self.word)
+
+    @staticmethod
+    def image_files(folder: Path, p: int) -> list[Path]:
+        """Images of prompt p in a folder, in seed order (pNN-KKK.png, image k from seed eval.seed + k)."""
+        files = sorted(folder.glob(f"p{p:02d}-*.png"))
+        return [f for f in files if f.stem[4:].isdigit()]
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Each path is a run directory or a folder (a Hydra multirun/sweep) holding run directories below it."""
+    found: dict[Path, None] = {}
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise UserError(f"{raw}: no such file or directory; give run directories or a sweep folder")
+        if not path.is_dir():
+            raise UserError(f"{raw} is not a directory; give run directories (holding {METRICS_FILE}) or a sweep folder")
+        if (path / METRICS_FILE).is_file():
+            hits = [path]
+        else:
+            hits = sorted(m.parent.parent for m in path.rglob("metrics.json")
+                          if m.parent.name == "eval" and m.is_file())
+        if not hits:
+            raise UserError(f"{raw} holds no run with {METRICS_FILE} (runs need evaluation on: not eval=off); "
+                            "give a run directory or a sweep folder")
+        for hit in hits:
+            found.setdefault(hit.resolve(), None)
+    return list(found)
+
+
+def load_run(run_dir: str | Path) -> RunResult:
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS_FILE
+    data = read_json(path, missing=f"{run_dir} has no {METRICS_FILE}; was it run with evaluation on?",
+                     fix="; re-run its evaluation or leave the run out")
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is malformed: a {type(data).__name__}, not an object with evaluations; "
+                        "re-run its evaluation or leave the run out")
+    evaluations = data.get("evaluations")
+    if not evaluations:
+        raise UserError(f"{path} holds no evaluation yet; let the run reach its first evaluation or leave it out")
+    if not isinstance(evaluations, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("step"), int) and not isinstance(e.get("step"), bool)
+            and isinstance(e.get("per_prompt", []), list) for e in evaluations):
+        raise UserError(f"{path} is malformed: evaluations must be a list of records with a whole-number step; "
+                        "re-run its evaluation or leave the run out")
+    header = {k: v for k, v in data.items() if k not in ("evaluations", "final")}
+    if not isinstance(header.get("settings", {}), dict):
+        raise UserError(f"{path} is malformed: settings is not an object; re-run its evaluation or leave the run out")
+    return RunResult(run_dir, header, evaluations, (run_dir / FINISHED_MARKER).is_file())
+
+
+def load_runs(paths: Iterable[str | Path], include_unfinished: bool = False) -> list[RunResult]:
+    """Every run below `paths`; unfinished ones (no run.json) are left out with a warning unless asked for."""
+    runs = [load_run(d) for d in find_run_dirs(paths)]
+    light_only = [r for r in runs if not r.has_protocol(FULL)]
+    if light_only:  # tables read full-protocol final evaluations only
+        log.warning("leaving out %d run(s) without a full-protocol evaluation (only light ones during training): %s",
+                    len(light_only), ", ".join(str(r.run_dir) for r in light_only[:5]))
+        runs = [r for r in runs if r.has_protocol(FULL)]
+    unfinished = [r for r in runs if not r.finished]
+    if unfinished and not include_unfinished:
+        log.warning("leaving out %d unfinished run(s) (no %s; --include-unfinished uses their latest evaluation): %s",
+                    len(unfinished), FINISHED_MARKER, ", ".join(str(r.run_dir) for r in unfinished[:5]))
+        runs = [r for r in runs if r.finished]
+    if not runs:
+        raise UserError("no finished runs with a full-protocol evaluation to tabulate (run.json missing, or only "
+                        "light evaluations so far); wait for them or pass --include-unfinished")
+    return runs
+
+
+# --- aggregation ---------------------------------------------------------------------------------
+@dataclass
+class Stat:
+    mean: float | None
+    std: float | None  # sample standard deviation over runs (n - 1); None with fewer than two values
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> "Stat":
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return cls(None, None, 0)
+        return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
+
+
+def row_key(run: RunResult) -> str:
+    return run.row
+
+
+FAMILY_LABELS = {"sd": "SD 1.x/2.x", "sdxl": "SDXL"}
+
+
+def model_row_key(runs: Sequence[RunResult]) -> Callable[[RunResult], str]:
+    """Rows per model when the runs use several: one row never mixes (or mislabels) two models; with SD 1.x/2.x
+    and SDXL runs together, each row also names its family."""
+    if len({r.family for r in runs}) > 1:
+        return lambda r: f"{r.row} [{FAMILY_LABELS.get(r.family, r.family)}: {r.model_id}]"
+    if len({r.model_id for r in runs}) <= 1:
+        return row_key
+    return lambda r: f"{r.row} [{r.model_id}]"
+
+
+def check_one_family(label, members: Sequence[RunResult]) -> None:
+    """A row averaging SD 1.x/2.x and SDXL runs would compare different models' scores as one: refused."""
+    families = sorted({r.family for r in members})
+    if len(families) > 1:
+        raise UserError(f"row {label!r} would mix {' and '.join(FAMILY_LABELS.get(f, f) for f in families)} runs "
+                        f"(e.g. {members[0].run_dir}); tabulate each model family separately or group by model")
+
+
+def aggregate(runs: Sequence[RunResult], key: Callable[[RunResult], object] = row_key,
+              metrics: dict[str, str] = TABLE_METRICS, order: Sequence = ROW_ORDER) -> list[dict]:
+    """One dict per group: label, counts (runs, concepts, seeds, images), a `Stat` per metric, the runs."""
+    groups: dict[object, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(key(run), []).append(run)
+    labels = [k for k in order if k in groups] + sorted((k for k in groups if k not in order), key=str)
+    rows = []
+    for label in labels:
+        members = groups[label]
+        check_one_family(label, members)
+        rows.append({
+            "label": label, "runs": members, "num_runs": len(members),
+            "concepts": len({r.concept for r in members}), "seeds": len({r.seed for r in members}),
+            "images": sum(int(r.final.get("num_images") or 0) for r in members),
+            "stats": {name: Stat.of([r.value(k) for r in members]) for name, k in metrics.items()},
+        })
+    return rows
+
+
+def comparability_warnings(runs: Sequence[RunResult]) -> list[str]:
+    """Settings that differ between runs (their figures are then not comparable in one table)."""
+    out = []
+    models = sorted({r.model_id for r in runs})
+    if len(models) > 1:
+        out.append(f"runs use different models (one row per model): {', '.join(models)}")
+    families = sorted({r.family for r in runs})
+    if len(families) > 1:
+        out.append(f"runs mix model families ({', '.join(FAMILY_LABELS.get(f, f) for f in families)}): each row holds "
+                   "one family's runs, never averaged together; their scores come from different models")
+    for key in COMPARABLE_SETTINGS:
+        values = {json.dumps(r.settings.get(key), sort_keys=True) for r in runs}
+        if len(values) > 1:
+            out.append(f"runs differ in eval setting {key}: {', '.join(sorted(values))}")
+    return out

@@ -1,0 +1,134 @@
+"""Training-time outputs: embedding snapshots, the final embedding files, the finished-run marker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import torch
+
+import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from textinv.utils.atomic import atomic_path, atomic_write_text
+from textinv.methods.textual_inversion.invariants import report_unchanged, unchanged_rows
+from textinv.runs.layout import write_embedding_files
+
+log = logging.getLogger(__name__)
+
+FINISHED_MARKER = "run.json"
+
+
+class EmbeddingWriter(L.Callback):
+    """Snapshots every N steps (and at chosen steps) under snapshots/, final files at the end (rank 0)."""
+
+    def __init__(self, run_dir: str, every_n_steps: int = 500, at_steps: list[int] | tuple = ()):
+        self.run_dir = Path(run_dir)
+        self.every_n_steps, self.at_steps = every_n_steps, set(int(s) for s in at_steps)
+        self._last_written = -1
+
+    def _due(self, step: int) -> bool:
+        return step != self._last_written and (step in self.at_steps or
+                                               (self.every_n_steps > 0 and step % self.every_n_steps == 0))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if trainer.is_global_zero and self._due(step):
+            write_embedding_files(self.run_dir / "snapshots", pl_module, step, suffix=f"-step{step:06d}")
+            self._last_written = step
+
+    def _finished(self, trainer) -> bool:
+        from textinv.training.validation_loss import stopped_early
+
+        return trainer.is_global_zero and not trainer.interrupted and (
+            trainer.global_step >= trainer.max_steps or stopped_early(trainer) is not None)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """The embedding first: written before the final evaluation, so a failing evaluation loses nothing."""
+        self._files = []
+        if not self._finished(trainer):
+            return  # stopped early (signal): not a finished run
+        self._files = write_embedding_files(self.run_dir, pl_module, trainer.global_step)
+        log.info("wrote %s in %s", ", ".join(str(p.relative_to(self.run_dir)) for p in self._files), self.run_dir)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        """run.json last, after the final evaluation: the run finished, and what went wrong on the way."""
+        if not self._finished(trainer) or not getattr(self, "_files", None):
+            return
+        unchanged = unchanged_rows(pl_module.initial_vectors, pl_module.vectors)
+        summary = {
+            "finished": True,
+            "step": trainer.global_step,
+            "placeholder": pl_module.placeholder.token,
+            "tokens": pl_module.placeholder.tokens,
+            "num_vectors": pl_module.placeholder.num_vectors,
+            "model": pl_module.model_name,
+            "files": [str(p.relative_to(self.run_dir)) for p in self._files],
+        }
+        why = report_unchanged(unchanged, pl_module.placeholder.tokens, pl_module.optim.lr)
+        if why:
+            summary["unchanged_vectors"] = {"tokens": [pl_module.placeholder.tokens[i] for i in unchanged],
+                                            "why": why}
+        failures = [f for cb in trainer.callbacks for f in getattr(cb, "failures", [])]
+        if failures:
+            summary["evaluation_failures"] = failures
+        from textinv.training.cost import CostMeter
+        from textinv.training.validation_loss import ValidationLoss
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, CostMeter):
+                summary["cost"] = cb.summary()  # planned and spent: time and UNet forwards
+            if isinstance(cb, ValidationLoss) and cb.enabled:
+                summary["validation_loss"] = cb.summary()
+        atomic_write_text(self.run_dir / FINISHED_MARKER, json.dumps(summary, indent=2))  # written last
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary name and renamed: never a truncated last.ckpt."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class GracefulStop(L.Callback):
+    """SIGINT/SIGTERM finish the current optimizer step, save a resumable last.ckpt and stop the run.
+
+    A second Ctrl-C aborts at once (the previous checkpoint stays valid: writes are atomic). Under DDP
+    the ranks agree on stopping through one tiny all-reduce per step, so none waits for the others.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._step_at_start = -1
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: stopping after this step with a resumable checkpoint (again to abort now)",
+                    signal.Signals(signum).name)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_at_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._step_at_start:
+            return  # mid-accumulation: only stop on an optimizer-step boundary
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        trainer.should_stop = True
+        self.signum = self.signum or signal.SIGTERM

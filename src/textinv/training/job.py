@@ -1,0 +1,234 @@
+"""The training job: config -> checks -> data, frozen model, module, callbacks, loggers -> fit.
+
+Cheap checks come first (numbers, output folder, images, tokenizer), so bad input fails in seconds
+with one line, before gigabytes of weights load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from textinv.utils.atomic import atomic_write_text
+from textinv.training.callbacks import FINISHED_MARKER, AtomicCheckpointIO, GracefulStop
+from textinv.data.datamodule import Concept, ConceptDataModule
+from textinv.errors import Interrupted, UserError
+from textinv.training.cost import CostMeter
+from textinv.training.validation_loss import ValidationLoss
+from textinv.evaluation.callback import EvaluationCallback, log_evaluation
+from textinv.evaluation.plan import make_plan
+from textinv.evaluation.evaluator import EvalConfig, Evaluator, baseline_cache_key, image_folder_name, save_images, write_metrics
+from textinv.models.frozen_sd import ModelSource
+from textinv.methods.textual_inversion.invariants import check_window
+from textinv.methods.textual_inversion.placeholder import check_placeholder, initializer_ids
+from textinv.training.resume import check_resume, run_identity
+from textinv.runs.lock import folder_lock
+from textinv.training.sweeps import in_multirun
+from textinv.utils.atomic import confined
+from textinv.utils.cache import cache_dir
+from textinv.validation import validate
+
+log = logging.getLogger(__name__)
+
+# Resuming mid-"epoch" is exact here (textinv.data.datamodule.StepSampler), and the frozen parts stay in eval mode on purpose.
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Every user-facing value against its declared type and range (textinv.validation)."""
+    validate(cfg)
+
+
+def check_resolution(resolution: int, multiple: int) -> None:
+    if not isinstance(resolution, int) or resolution < multiple or resolution % multiple:
+        fix = max(multiple, round(resolution / multiple) * multiple) if isinstance(resolution, int) else 512
+        raise UserError(f"data.resolution={resolution} cannot go through this model's VAE and UNet: it must be a "
+                        f"positive multiple of {multiple}; try data.resolution={fix}")
+
+
+def resolve_resume(run_dir: Path, ckpt_path: str | None) -> str | None:
+    """Never overwrite a finished run; pick up an unfinished one where it stopped."""
+    if (run_dir / FINISHED_MARKER).exists():
+        raise UserError(f"{run_dir} already holds a finished run ({FINISHED_MARKER}); choose a new "
+                        "hydra.run.dir=... or move that run away")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path in (None, "last"):
+        if last.is_file():
+            log.info("resuming the unfinished run in %s from %s", run_dir, last)
+            return str(last)
+        if ckpt_path == "last":
+            raise UserError(f"ckpt_path=last but {last} does not exist; drop ckpt_path to start fresh")
+        return None
+    if not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt from a run's checkpoints/ folder or 'last'")
+    return str(ckpt_path)
+
+
+def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, ConceptDataModule]:
+    """All checks that need no big weights (the metric networks' weights are checked in `build_evaluator`)."""
+    check_numbers(cfg)
+    run_dir = Path(cfg.run_dir)
+    ckpt_path = resolve_resume(run_dir, cfg.ckpt_path)
+    concept: Concept = instantiate(cfg.concept, _convert_="all")
+    source: ModelSource = instantiate(cfg.model)
+    datamodule: ConceptDataModule = instantiate(cfg.data, _partial_=True, _convert_="all")(concept=concept)
+    datamodule.load()
+    check_resolution(cfg.data.resolution, source.info().resolution_multiple)
+    tokenizer = source.load_tokenizer()
+    check_placeholder(tokenizer, concept.placeholder)
+    if cfg.module.init_method == "word" or cfg.baseline:
+        initializer_ids(tokenizer, cfg.init)
+    if not cfg.baseline:
+        check_window(tokenizer, concept.placeholder, cfg.module.num_vectors, datamodule.dataset(1).all_prompts(),
+                     "training prompt")
+    prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or []) if "{}" in p]
+    check_window(tokenizer, concept.placeholder, cfg.module.num_vectors, prompts, "evaluation prompt")
+    if ckpt_path is not None:
+        check_resume(ckpt_path, identity(cfg, concept, source))
+    return run_dir, ckpt_path, concept, source, datamodule
+
+
+def identity(cfg: DictConfig, concept: Concept, source: ModelSource) -> dict:
+    return run_identity(cfg, concept.placeholder, source.name, source.path or source.hub_id)
+
+
+def build_evaluator(cfg: DictConfig, concept: Concept, datamodule: ConceptDataModule) -> Evaluator | None:
+    """Rank 0 only: CLIP/Inception plus the training images' features, once per run."""
+    eval_cfg: EvalConfig = instantiate(cfg.eval, _convert_="all")
+    if not eval_cfg.enabled or rank_zero_only.rank != 0:
+        return None
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    return Evaluator(eval_cfg, concept.kind, concept.prompts, datamodule.images, device=device)
+
+
+def run_header(cfg: DictConfig, concept: Concept, source: ModelSource) -> dict:
+    """What a results table groups by: written at the top of eval/metrics.json."""
+    return {"concept": concept.name, "kind": concept.kind, "placeholder": concept.placeholder,
+            "initializer": cfg.init, "baseline": bool(cfg.baseline), "model": source.name, "seed": cfg.seed,
+            "model_location": source.path or source.hub_id, "lr": cfg.lr, "steps": cfg.steps,
+            "num_vectors": cfg.module.num_vectors, "family": source.family.name}
+
+
+def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource,
+                      evaluator: Evaluator, plan: dict | None = None) -> Path:
+    """The "SD" row: the untouched model, the initializer word in place of the token, same prompts and seeds.
+
+    Scored under every protocol a trained run uses (light, then full): each row is compared with a
+    trained run's evaluation of the same protocol; the images of each protocol are cached apart."""
+    from textinv.models.generation import ImageGenerator
+
+    frozen = source.load().to(evaluator.device)
+    meter = CostMeter(plan)
+    meter.start(frozen.unet)
+    word = str(cfg.init)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    records, header = [], {**run_header(cfg, concept, source), "settings": evaluator.settings()}
+    fingerprint = source.fingerprint()
+    for protocol in evaluator.cfg.protocols(final=True):
+        with meter.phase("eval"):
+            generator = ImageGenerator.from_frozen(frozen, scheduler=protocol.scheduler)
+            images = evaluator.generate(generator, word, protocol=protocol,
+                                        cache_key=baseline_cache_key(fingerprint, word, evaluator, protocol))
+            record = {"step": 0, "protocol": protocol.name, "settings": evaluator.settings(protocol),
+                      **evaluator.score(images, concept.placeholder, word, inception=protocol.name == "full")}
+        save_images(run_dir / "eval" / "images" / image_folder_name(None, protocol.name), evaluator.templates, images)
+        records.append(record)
+        log_evaluation(loggers, record, images, 0, "baseline")
+        log.info("baseline (%r, %s protocol): reconstruction %.4f, editability %.4f", word, protocol.name,
+                 record["reconstruction"], record["editability"])
+    cost = meter.summary()
+    write_metrics(run_dir / "eval" / "metrics.json", {**header, "cost": cost}, records)
+    for lg in loggers:
+        lg.log_metrics({f"cost/{k}": float(v) for k, v in cost["spent"].items()}, step=0)
+        lg.finalize("success")
+    atomic_write_text(run_dir / FINISHED_MARKER, json.dumps({"finished": True, "baseline": True, "step": 0,
+                                                             "word": word, "model": source.name, "cost": cost},
+                                                            indent=2))
+    return run_dir
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from textinv.training.progress import StepProgressBar
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(StepProgressBar())  # Lightning's default would read "Epoch 0/-2" (max_epochs=-1)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+
+
+def print_plan(cfg: DictConfig) -> dict:
+    """plan=true: the run's plan as one JSON line on stdout; checks the config, loads no weights."""
+    check_numbers(cfg)
+    plan = make_plan(cfg)
+    print(json.dumps(plan), flush=True)
+    return plan
+
+
+def train(cfg: DictConfig, skip_finished: bool | None = None) -> Path:
+    """skip_finished (default: inside a Hydra multirun): a finished run dir is skipped, not refused, so re-running
+    an interrupted sweep redoes only the unfinished points."""
+    if skip_finished is None:
+        skip_finished = in_multirun()
+    if skip_finished and (Path(cfg.run_dir) / FINISHED_MARKER).exists():
+        log.info("skipping finished point %s (%s exists)", cfg.run_dir, FINISHED_MARKER)
+        return Path(cfg.run_dir)
+    with folder_lock(cfg.run_dir):  # a second process on this folder refuses instead of interleaving
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> Path:
+    run_dir, ckpt_path, concept, source, datamodule = prepare(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    plan = make_plan(cfg)
+    log.info("plan: %d training micro-steps (%d UNet forwards); %d evaluations, %d images, %d UNet forwards; "
+             "validation loss %d UNet forwards (plan=true prints it as JSON)", plan["train_micro_steps"],
+             plan["train_unet_forwards"], len(plan["evaluations"]), plan["eval_images"], plan["eval_unet_forwards"],
+             plan["validation_unet_forwards"])
+    log.info("plan (per evaluation): %s", json.dumps(plan["evaluations"]))
+    evaluator = build_evaluator(cfg, concept, datamodule)
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.baseline:
+        if evaluator is None:
+            raise UserError("baseline=true only evaluates, but eval.enabled=false; drop one of them")
+        return evaluate_baseline(cfg, run_dir, concept, source, evaluator, plan)
+    frozen = source.load()
+    module = instantiate(cfg.module, _convert_="all")(frozen=frozen, placeholder=concept.placeholder,
+                                                      initializer=cfg.init, seed=cfg.seed)
+    module.identity = identity(cfg, concept, source)  # saved in every checkpoint (textinv.training.resume)
+    trainer = build_trainer(cfg)
+    graceful = GracefulStop()
+    meter = CostMeter(plan)
+    trainer.callbacks.insert(0, meter)  # first: its UNet hook counts every other callback's forwards
+    trainer.callbacks.append(graceful)
+    for cb in trainer.callbacks:
+        if isinstance(cb, ValidationLoss):
+            cb.meter = meter
+    if evaluator is not None or cfg.eval.enabled:
+        # last in the list: EmbeddingWriter writes the embedding first (on_train_end), so a failing final
+        # evaluation loses nothing; it writes run.json after the evaluation (on_fit_end)
+        trainer.callbacks.append(EvaluationCallback(evaluator.cfg if evaluator else instantiate(cfg.eval, _convert_="all"),
+                                                    evaluator, run_dir,
+                                                    {**run_header(cfg, concept, source), "cost": {"plan": plan}},
+                                                    meter=meter))
+    with confined(run_dir, cfg.eval.get("baseline_cache"), cache_dir("")):  # no write outside the run folder
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if graceful.signum is not None:
+        raise Interrupted(f"stopped by {signal.Signals(graceful.signum).name} at step {trainer.global_step}; "
+                          f"re-run the same command to resume from {run_dir}/checkpoints/last.ckpt", graceful.signum)
+    return run_dir

@@ -1,0 +1,233 @@
+"""The LightningModule: a frozen Stable Diffusion and one trainable Parameter (the new word's vectors).
+
+One training step: cached latent moments (or the VAE encoder, when augmentations change pixels) ->
+sample a latent -> add noise at a uniform timestep -> text encoder(s) on the prompt holding the new
+token -> UNet -> MSE against the noise (or the velocity, for v-prediction models).
+How prompts become the UNet's conditioning, and where the new word lives, is the model family's
+(textinv.models.family: SD 1.x/2.x, or SDXL with two encoders, pooled text embedding and size conditioning).
+Checkpoints hold the vectors, optimizer, LR schedule and step; never the frozen model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
+
+from textinv.errors import NumericalFault, UserError
+from textinv.models.frozen_sd import FrozenSD
+from textinv.methods.textual_inversion.placeholder import trainable_vectors
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class OptimConfig:
+    """AdamW on the new vectors. `scale_lr` multiplies lr by batch x accumulation x devices, as the
+    original work did (its 5e-3 base became 0.04 on 2 GPUs x batch 4)."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.0  # >0 pulls the new vectors toward zero: off by default
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scale_lr: bool = True
+    schedule: str = "constant"  # constant | constant_with_warmup | cosine | linear
+    warmup_steps: int = 0
+
+
+def sample_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    """Per-sample RNG: noise and timestep depend on (seed, sample index) only, not on rank or batch."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
+
+
+class TextualInversionModule(L.LightningModule):
+    def __init__(self, frozen: FrozenSD, placeholder: str, initializer: str | None, optim: OptimConfig,
+                 num_vectors: int = 1, init_method: str = "word", seed: int = 0, frozen_dtype: str = "auto"):
+        super().__init__()
+        self.family = frozen.family
+        self.widths = self.family.widths(frozen.text_encoders)  # measured before the placeholder goes in
+        placeholder = self.family.install_placeholder(frozen.tokenizers, frozen.text_encoders, placeholder,
+                                                      num_vectors, initializer, init_method, seed)
+        self.frozen = frozen  # a plain attribute: the parts below are what Lightning registers and moves
+        self.tokenizer = frozen.tokenizer
+        self.text_encoder, self.vae, self.unet = frozen.text_encoder, frozen.vae, frozen.unet
+        self.text_encoder_2 = frozen.text_encoder_2  # SDXL's second encoder (None for SD 1.x/2.x)
+        self.noise_scheduler = frozen.noise_scheduler
+        self.size_conditioning: torch.Tensor | None = None  # [N, 6] per training image (SDXL's time_ids)
+        self.placeholder, self.optim, self.seed, self.frozen_dtype = placeholder, optim, seed, frozen_dtype
+        self.model_name = frozen.name
+        self.latent_mean: torch.Tensor | None = None  # [N, 2 (plain, flipped), C, h, w]
+        self.latent_std: torch.Tensor | None = None
+        self._last_good: torch.Tensor | None = None
+        self.initial_vectors = self.vectors.detach().clone()  # run invariant: every trained row must move
+        self.identity: dict = {}  # what checkpoints belong to (textinv.training.resume), set by textinv.training.job
+        self.strict_loading = False  # checkpoints hold only the trainable vectors
+        # DDP: only the vectors are synchronised; frozen weights are identical on every rank already.
+        self._ddp_params_and_buffers_to_ignore = [n for n, p in self.named_parameters() if not p.requires_grad] + [
+            n for n, _ in self.named_buffers()]
+
+    @property
+    def vectors(self) -> torch.nn.Parameter:
+        return trainable_vectors(self.text_encoder)
+
+    @property
+    def vectors_key(self) -> str:
+        """The Parameter's state_dict name (the only entry a checkpoint keeps)."""
+        return next(n for n, p in self.named_parameters() if p is self.vectors)
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _cast_frozen(self) -> None:
+        """On a GPU with mixed precision the frozen weights may sit in half precision; the vectors stay fp32."""
+        if self.device.type != "cuda":
+            return
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(self.frozen_dtype)
+        if dtype is None:  # auto: follow the trainer precision
+            precision = str(self.trainer.precision)
+            dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+        if dtype is not None:
+            self.cast_frozen(dtype)
+
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Frozen weights to `dtype`; the trainable vectors stay fp32, and so does a VAE that overflows in fp16."""
+        keep = set(map(id, self.vae.parameters())) if self.family.keep_vae_fp32 else set()  # SDXL's VAE: fp16 NaNs
+        for p in self.parameters():
+            if not p.requires_grad and id(p) not in keep:
+                p.data = p.data.to(dtype)
+
+    @torch.no_grad()
+    def _encode_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
+        return dist.mean.float(), dist.std.float()
+
+    @torch.no_grad()
+    def build_latent_cache(self, pixels: torch.Tensor, chunk: int = 4) -> None:
+        """Encode every training image and its mirror once; steps then only sample from the moments."""
+        views = torch.stack([pixels, pixels.flip(-1)], 1).flatten(0, 1)
+        moments = [self._encode_moments(views[i : i + chunk]) for i in range(0, len(views), chunk)]
+        mean = torch.cat([m for m, _ in moments]).unflatten(0, (len(pixels), 2))
+        std = torch.cat([s for _, s in moments]).unflatten(0, (len(pixels), 2))
+        self.latent_mean, self.latent_std = mean, std
+        log.info("cached latents of %d images (+ mirrors): %s", len(pixels), tuple(mean.shape))
+
+    def on_fit_start(self) -> None:
+        self._cast_frozen()
+        dm = self.trainer.datamodule
+        if dm is not None and dm.use_cache:
+            self.build_latent_cache(dm.pixel_tensor())
+        if dm is not None:
+            self.size_conditioning = dm.size_conditioning()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen.modules:  # frozen parts never leave eval mode
+            m.eval()
+        return self
+
+    # --- the step -----------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> list[torch.Tensor]:
+        """Token ids per tokenizer (one for SD 1.x/2.x, two for SDXL)."""
+        ids = self.family.tokenize(self.frozen.tokenizers, [self.placeholder.expand(p) for p in prompts])
+        return [i.to(self.device) for i in ids]
+
+    def time_ids(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image's (original size, crop top-left, target size); used by families that condition on it."""
+        if self.size_conditioning is None:
+            self.size_conditioning = self.trainer.datamodule.size_conditioning()
+        return self.size_conditioning[images.cpu().long()].to(self.device)
+
+    def latents(self, batch: dict, gens: list[torch.Generator]) -> torch.Tensor:
+        if "pixels" in batch:
+            mean, std = self._encode_moments(batch["pixels"])
+        else:
+            idx, flip = batch["image"].to(self.device), batch["flip"].long().to(self.device)
+            mean, std = self.latent_mean[idx, flip], self.latent_std[idx, flip]
+        eps = torch.stack([torch.randn(mean.shape[1:], generator=g, device=self.device) for g in gens])
+        return (mean + std * eps) * self.vae.config.scaling_factor
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        gens = [sample_generator(self.seed, int(i), self.device) for i in batch["index"]]
+        latents = self.latents(batch, gens)
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g, device=self.device) for g in gens])
+        num_t = self.noise_scheduler.config.num_train_timesteps
+        t = torch.cat([torch.randint(0, num_t, (1,), generator=g, device=self.device) for g in gens])
+        noisy, target = self.noised_and_target(latents, noise, t)
+        pred = self.unet(noisy.to(self.unet.dtype), t, **self.unet_conditioning(batch["prompt"], batch["image"])).sample
+        return F.mse_loss(pred.float(), target.float())
+
+    def noised_and_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+        """The noised latents and what the UNet must predict from them (noise, or v for v-prediction models)."""
+        sched = self.noise_scheduler
+        noisy = sched.add_noise(latents, noise, t)
+        target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        return noisy, target
+
+    def unet_conditioning(self, prompts: list[str], images: torch.Tensor) -> dict:
+        """The UNet's text (and, per family, size) conditioning of prompts paired with training images."""
+        cond = self.family.encode(self.frozen.text_encoders, self.frozen.tokenizers, self.tokenize(prompts))
+        time_ids = self.time_ids(images) if self.family.size_conditioned else None
+        return self.family.unet_kwargs(cond, time_ids, self.unet.dtype)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Stop on the first non-finite vector (a NaN/inf loss leads there), keeping the last good one.
+        Vectors are synchronised across DDP ranks, so every rank stops together."""
+        vectors = self.vectors.detach()
+        if torch.isfinite(vectors).all():
+            self._last_good = vectors.clone()
+            return
+        with torch.no_grad():
+            self.vectors.copy_(self._last_good if self._last_good is not None else torch.nan_to_num(vectors))
+        run_dir = Path(self.trainer.default_root_dir)
+        if self.trainer.is_global_zero:
+            from textinv.runs.layout import write_embedding_files
+            write_embedding_files(run_dir, self, self.global_step, suffix="-last-good")
+        loss = outputs["loss"].item() if isinstance(outputs, dict) else float("nan")
+        raise NumericalFault(
+            f"training diverged at step {self.global_step} (loss {loss}, non-finite embedding); the last good "
+            f"embedding is in {run_dir}/{self.placeholder.name}-last-good.pt; lower lr= or use trainer.precision=32")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        return loss
+
+    # --- optimisation -------------------------------------------------------------------------
+    def effective_lr(self) -> float:
+        o = self.optim
+        if not o.scale_lr:
+            return o.lr
+        dm = self.trainer.datamodule
+        return o.lr * dm.batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size
+
+    def configure_optimizers(self):
+        lr = self.effective_lr()
+        log.info("learning rate %.3g (base %.3g, scale_lr=%s)", lr, self.optim.lr, self.optim.scale_lr)
+        opt = torch.optim.AdamW([self.vectors], lr=lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
+                                weight_decay=self.optim.weight_decay)
+        try:
+            sched = get_scheduler(self.optim.schedule, opt, num_warmup_steps=self.optim.warmup_steps,
+                                  num_training_steps=max(1, self.trainer.max_steps))
+        except ValueError as err:
+            raise UserError(f"optim.schedule={self.optim.schedule!r}: {err}") from err
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- checkpoints: the vectors only ---------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {self.vectors_key: self.vectors.detach().clone()}
+        checkpoint["placeholder"] = {"token": self.placeholder.token, "tokens": self.placeholder.tokens}
+        checkpoint["model_name"] = self.model_name
+        if self.identity:
+            from textinv.training.resume import IDENTITY_KEY
+
+            checkpoint[IDENTITY_KEY] = dict(self.identity)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("state_dict", {}).get(self.vectors_key)
+        if saved is None or tuple(saved.shape) != tuple(self.vectors.shape):
+            got = None if saved is None else tuple(saved.shape)
+            raise UserError(f"checkpoint holds vectors of shape {got}, this run trains {tuple(self.vectors.shape)}; "
+                            "resume with the same model and module.num_vectors")

@@ -1,0 +1,89 @@
+"""Honest resume: a checkpoint records what it belongs to, and a checkpoint of something else is refused.
+
+The identity (placeholder, model, vectors, key hyperparameters) is saved in every checkpoint
+(TextualInversionModule.on_save_checkpoint) and compared here, before any weights load. Policy for a
+hyperparameter that differs on resume: refused (the optimizer state, LR schedule and samples already
+drawn belong to the old value, so "applying" it would be a different run under the old run's name);
+only `steps` may change (training is extended or shortened; logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from textinv.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IDENTITY_KEY = "textinv_identity"
+# Keys that must match; `steps` is the one allowed to change.
+MUST_MATCH = ("placeholder", "model", "model_location", "num_vectors", "init_method", "initializer", "lr", "seed",
+              "batch_size", "accumulate_grad_batches", "schedule", "warmup_steps", "weight_decay", "scale_lr")
+
+
+def run_identity(cfg: DictConfig, placeholder: str, model_name: str, model_location: str | None) -> dict:
+    """What a checkpoint of this run belongs to."""
+    o = cfg.module.optim
+    return {"placeholder": placeholder, "model": model_name, "model_location": model_location,
+            "num_vectors": int(cfg.module.num_vectors), "init_method": str(cfg.module.init_method),
+            "initializer": None if cfg.module.init_method == "random" else cfg.init, "lr": float(cfg.lr),
+            "seed": int(cfg.seed), "batch_size": int(cfg.data.batch_size),
+            "accumulate_grad_batches": int(cfg.trainer.accumulate_grad_batches), "schedule": str(o.schedule),
+            "warmup_steps": int(o.warmup_steps), "weight_decay": float(o.weight_decay), "scale_lr": bool(o.scale_lr),
+            "steps": int(cfg.steps)}
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint's top level, or one line saying why it cannot be used."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # empty, truncated or not a checkpoint at all
+        raise UserError(f"ckpt_path={path} is not a readable checkpoint (not a torch zip archive: truncated or another "
+                        "kind of file); give a .ckpt from a run's checkpoints/ folder, or drop ckpt_path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"ckpt_path={path} is not a readable checkpoint of this project ({type(err).__name__}: "
+                        f"{first}); give a .ckpt from a run's checkpoints/ folder, or drop ckpt_path") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"ckpt_path={path} is not a Lightning checkpoint (no state_dict); give a .ckpt from a run's "
+                        "checkpoints/ folder")
+    return ckpt
+
+
+def saved_identity(ckpt: dict) -> dict:
+    """The identity a checkpoint records (older checkpoints: placeholder, model and vector count only)."""
+    ident = dict(ckpt.get(IDENTITY_KEY) or {})
+    if "placeholder" not in ident and isinstance(ckpt.get("placeholder"), dict):
+        ident["placeholder"] = ckpt["placeholder"].get("token")
+    if "model" not in ident and ckpt.get("model_name") is not None:
+        ident["model"] = ckpt["model_name"]
+    if "num_vectors" not in ident:
+        tensors = [v for v in (ckpt.get("state_dict") or {}).values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1 and tensors[0].ndim == 2:
+            ident["num_vectors"] = int(tensors[0].shape[0])
+    return ident
+
+
+def check_resume(path: str | Path, expected: dict) -> None:
+    """Refuse a checkpoint of another run (one line naming the first difference); log a changed `steps`."""
+    ident = saved_identity(read_checkpoint(path))
+    for key in MUST_MATCH:
+        if key in ident and ident[key] != expected.get(key):
+            override = {"placeholder": "concept.placeholder", "model": "model", "model_location": "model.path",
+                        "num_vectors": "module.num_vectors", "init_method": "module.init_method",
+                        "initializer": "init", "batch_size": "data.batch_size",
+                        "accumulate_grad_batches": "trainer.accumulate_grad_batches",
+                        "schedule": "module.optim.schedule", "warmup_steps": "module.optim.warmup_steps",
+                        "weight_decay": "module.optim.weight_decay", "scale_lr": "module.optim.scale_lr"}.get(key, key)
+            raise UserError(f"checkpoint {path} belongs to a run with {override}={ident[key]!r}, this run has "
+                            f"{override}={expected.get(key)!r}; resume with the same value, or start a new run "
+                            "(a new hydra.run.dir=..., without ckpt_path)")
+    if "steps" in ident and ident["steps"] != expected.get("steps"):
+        log.warning("resuming with steps=%s (the checkpoint's run had steps=%s): training now ends at step %s",
+                    expected.get("steps"), ident["steps"], expected.get("steps"))
