@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the repository (src/textinv/bench/main.py)
 
 
 def peak_memory_gb(device: str) -> float:
