@@ -31,11 +31,11 @@ OVERRIDES = {"method": "method", "placeholder": "concept.placeholder", "model": 
              "scale_lr": "module.optim.scale_lr"}
 
 
-def run_identity(cfg: DictConfig, placeholder: str, model_name: str, model_location: str | None,
-                 method: dict) -> dict:
-    """What a checkpoint of this run belongs to; `method`: the training method's identity (Method.identity)."""
+def run_identity(cfg: DictConfig, word: str, model_name: str, model_location: str | None, method: dict) -> dict:
+    """What a checkpoint of this run belongs to: the concept's word (`placeholder`, the name checkpoints have
+    always used), the model, the training method's identity (Method.identity) and the shared hyperparameters."""
     o = cfg.module.optim
-    return {"placeholder": placeholder, "model": model_name, "model_location": model_location, **method,
+    return {"placeholder": word, "model": model_name, "model_location": model_location, **method,
             "lr": float(cfg.lr), "seed": int(cfg.seed), "batch_size": int(cfg.data.batch_size),
             "accumulate_grad_batches": int(cfg.trainer.accumulate_grad_batches), "schedule": str(o.schedule),
             "warmup_steps": int(o.warmup_steps), "weight_decay": float(o.weight_decay), "scale_lr": bool(o.scale_lr),
@@ -60,7 +60,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def saved_identity(ckpt: dict) -> dict:
-    """The identity a checkpoint records (older checkpoints: placeholder, model and vector count only)."""
+    """The identity a checkpoint records (checkpoints older than the identity, all textual inversion: the
+    word, the model and the vector count only)."""
     ident = dict(ckpt.get(IDENTITY_KEY) or {})
     if "placeholder" not in ident and isinstance(ckpt.get("placeholder"), dict):
         ident["placeholder"] = ckpt["placeholder"].get("token")
