@@ -287,7 +287,7 @@ def test_sdxl_ddp_sweep_point_matches_one_process(tmp_path, demo_images):
                       "callbacks.data_parallel.every_n_steps=1", timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (sweep_dir / "point" / "train.log").read_text()
-    assert "step 2: 2 ranks hold the same vectors (max difference 0); samples [[2], [3]]" in log
+    assert "step 2: 2 ranks hold the same trained weights (max difference 0); samples [[2], [3]]" in log
     single = tmp_path / "single"
     train(compose(*sdxl_overrides(single, demo_images, 2, "eval.enabled=false", "data.batch_size=2")))
     ddp, one = (load_file(str(d / "demo-toy.safetensors")) for d in (sweep_dir / "point", single))
