@@ -1,11 +1,11 @@
-"""Train a textual-inversion embedding: python train.py concept=deku_tree init=tree"""
+"""Learn a concept (textual inversion by default, conf/method/): python train.py concept=deku_tree init=tree"""
 
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from textinv.cli import check_output_dir_override, exit_on_user_error, reject_conflicting_overrides
+from textinv.cli import check_output_dir_override, exit_on_user_error, reject_conflicting_overrides, reject_moved_keys
 from textinv.training.job import print_plan, train
 from textinv.training.sweeps import collapse_steps_sweep, sweep_job
 
@@ -22,6 +22,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     reject_conflicting_overrides(sys.argv[1:])
+    reject_moved_keys(sys.argv[1:])
     check_output_dir_override(sys.argv[1:])
     sys.argv[1:] = collapse_steps_sweep(sys.argv[1:])  # steps=a,b,c: one run evaluated at a, b and c
     main()

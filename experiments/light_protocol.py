@@ -60,6 +60,7 @@ def main() -> None:
     from hydra.utils import instantiate
 
     from textinv.evaluation.evaluator import Evaluator
+    from textinv.methods.textual_inversion.loading import load_embeddings
     from textinv.models.generation import ImageGenerator
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
@@ -76,7 +77,7 @@ def main() -> None:
 
     gen = ImageGenerator.from_frozen(frozen)
     if args.embedding is not None:
-        word = gen.load_embeddings([args.embedding])[0]
+        word = load_embeddings(gen, [args.embedding])[0]
     prompts = [t.format(word) for t in evaluator.templates]
     res = ev_cfg.resolution
     common = dict(seed=ev_cfg.seed, guidance_scale=ev_cfg.guidance_scale, height=res, width=res, batch_size=16,

@@ -20,6 +20,7 @@ from textinv.errors import UserError
 from textinv.methods.textual_inversion.formats import save_a1111, save_diffusers
 from textinv.models.frozen_sd import ModelSource
 from textinv.models.generation import ImageGenerator, check_sampling, make_scheduler, quote_text_overrides
+from textinv.methods.textual_inversion.loading import load_embeddings, spell_out_words
 from textinv.methods.textual_inversion.placeholder import add_placeholder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def test_two_embedding_files_compose_in_one_prompt(fresh, tmp_path):
     a = save_diffusers(tmp_path / "learned_embeds.safetensors", "<a-tok>", a_vec)
     b = save_a1111(tmp_path / "b-tok.pt", "b-tok", b_vec)  # two vectors: b-tok, b-tok_1
     g = ImageGenerator.from_frozen(fresh)
-    assert g.load_embeddings([a, b]) == ["<a-tok>", "b-tok"]
+    assert load_embeddings(g, [a, b]) == ["<a-tok>", "b-tok"]
     weight = fresh.text_encoder.get_input_embeddings().weight
     ids = fresh.tokenizer.convert_tokens_to_ids(["<a-tok>", "b-tok", "b-tok_1"])
     torch.testing.assert_close(weight[ids], torch.cat([a_vec, b_vec]))
@@ -123,19 +124,19 @@ def test_embedding_file_errors(fresh, tmp_path):
     g = ImageGenerator.from_frozen(fresh)
     wrong_dim = save_diffusers(tmp_path / "wide.safetensors", "<wide>", torch.randn(1, 768))
     with pytest.raises(UserError, match="dimension 768 does not match"):
-        g.load_embeddings([wrong_dim])
+        load_embeddings(g, [wrong_dim])
     word = save_a1111(tmp_path / "cat.pt", "cat", vectors(1, 0))  # "cat" is a word: it would hijack it
     with pytest.raises(UserError, match="existing word"):
-        g.load_embeddings([word])
-    g.load_embeddings([word], tokens=["<my-cat>"])  # renamed, it loads
+        load_embeddings(g, [word])
+    load_embeddings(g, [word], tokens=["<my-cat>"])  # renamed, it loads
     again = save_diffusers(tmp_path / "again.safetensors", "<my-cat>", vectors(1, 1))
     with pytest.raises(UserError, match="already loaded"):
-        g.load_embeddings([again])
+        load_embeddings(g, [again])
     one, two = (save_diffusers(tmp_path / f"{n}.safetensors", "<same>", vectors(1, n)) for n in (1, 2))
     with pytest.raises(UserError, match="both use the token"):
-        g.load_embeddings([one, two])
+        load_embeddings(g, [one, two])
     with pytest.raises(UserError, match="does not exist"):
-        g.load_embeddings([tmp_path / "missing.safetensors"])
+        load_embeddings(g, [tmp_path / "missing.safetensors"])
     for bad in (dict(num_images=0), dict(steps=0), dict(batch_size=-1), dict(height=30)):
         args = dict(num_images=1, steps=1, batch_size=1, height=32, width=32) | bad
         with pytest.raises(UserError):
@@ -145,6 +146,7 @@ def test_embedding_file_errors(fresh, tmp_path):
 def test_prompt_cache_and_live_placeholder(fresh):
     placeholder = add_placeholder(fresh.tokenizer, fresh.text_encoder, "<ph>", num_vectors=2, initializer="dog")
     g = ImageGenerator.from_frozen(fresh)
+    spell_out_words(g)  # what the training method does for evaluation (TextualInversion.use_in)
     calls = []
     fresh.text_encoder.register_forward_pre_hook(lambda module, args: calls.append(1))
 
@@ -164,7 +166,7 @@ def test_prompt_cache_and_live_placeholder(fresh):
     # the placeholder is spelled out as <ph> <ph>_1, like in training
     assert placeholder.token_ids[1] in g.token_ids(["a photo of <ph>"])[0].tolist()
     with pytest.raises(RuntimeError, match="training placeholder"):
-        g.load_embeddings([Path("unused.safetensors")])
+        load_embeddings(g, [Path("unused.safetensors")])
 
 
 def test_run_generate_in_process_warns_when_no_token_used(tmp_path, caplog):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from conftest import CONF, compose, load_script
 from textinv.errors import UserError
 from textinv.models.frozen_sd import ModelSource
+from textinv.methods.textual_inversion.placeholder import install_placeholder
 
 EVAL = ["eval.enabled=true", "eval.every_n_steps=0", "eval.at_steps=[]", "eval.num_images=1", "eval.sampler_steps=2",
         "eval.fid.enabled=false", "eval.prompts=['a photo of {} on the moon']"]
@@ -84,15 +85,16 @@ def test_size_conditioning_of_each_image(tmp_path):
 def test_unet_gets_both_encoders_pooled_projection_and_time_ids(sdxl_frozen, tmp_path):
     """The training step's conditioning, recomputed independently from the frozen encoders."""
     from textinv.data.datamodule import Concept, ConceptDataModule
-    from textinv.training.module import OptimConfig, TextualInversionModule
+    from textinv.methods.textual_inversion.method import TextualInversion
+    from textinv.training.module import ConceptModule, OptimConfig
 
     for k, size in enumerate([(64, 48), (48, 48)]):
         Image.new("RGB", size, (50 * k, 90, 200)).save(tmp_path / f"{k}.png")
     dm = ConceptDataModule(Concept("c", TOKEN, "toy", data_dir=str(tmp_path)), resolution=32, batch_size=2)
     init_l, init_g = init_vectors(sdxl_frozen)
-    module = TextualInversionModule(sdxl_frozen, TOKEN, "toy", OptimConfig())
-    assert tuple(module.vectors.shape) == (1, 80) and module.vectors.dtype == torch.float32
-    assert torch.equal(module.vectors[0, :32], init_l) and torch.equal(module.vectors[0, 32:], init_g)
+    module = ConceptModule(sdxl_frozen, TextualInversion(TOKEN, "toy"), OptimConfig())
+    assert tuple(module.method.vectors.shape) == (1, 80) and module.method.vectors.dtype == torch.float32
+    assert torch.equal(module.method.vectors[0, :32], init_l) and torch.equal(module.method.vectors[0, 32:], init_g)
     module.size_conditioning = dm.size_conditioning()
     module.build_latent_cache(dm.pixel_tensor())
     seen = {}
@@ -115,14 +117,15 @@ def test_unet_gets_both_encoders_pooled_projection_and_time_ids(sdxl_frozen, tmp
     assert seen["added_cond_kwargs"]["text_embeds"].shape == (2, 48)
     assert seen["added_cond_kwargs"]["time_ids"].tolist() == [[48, 48, 0, 0, 32, 32], [48, 64, 0, 5, 32, 32]]
     assert abs(sdxl_frozen.vae.config.scaling_factor - 0.13025) < 1e-9
-    grad = module.vectors.grad
+    grad = module.method.vectors.grad
     assert grad.abs()[0, :32].sum() > 0 and grad.abs()[0, 32:].sum() > 0  # both encoders' halves learn
 
 
 def test_trainable_vectors_stay_fp32_under_half_precision_frozen_weights(sdxl_frozen):
-    from textinv.training.module import OptimConfig, TextualInversionModule
+    from textinv.methods.textual_inversion.method import TextualInversion
+    from textinv.training.module import ConceptModule, OptimConfig
 
-    module = TextualInversionModule(sdxl_frozen, TOKEN, "toy", OptimConfig())
+    module = ConceptModule(sdxl_frozen, TextualInversion(TOKEN, "toy"), OptimConfig())
     module.cast_frozen(torch.bfloat16)  # what a GPU run with trainer.precision=bf16-mixed does
     assert {p.dtype for e in sdxl_frozen.text_encoders for n, p in e.named_parameters() if "vectors" not in n} == {
         torch.bfloat16} and sdxl_frozen.unet.dtype == torch.bfloat16
@@ -130,8 +133,8 @@ def test_trainable_vectors_stay_fp32_under_half_precision_frozen_weights(sdxl_fr
     ids = module.tokenize([f"a photo of a {TOKEN}"])
     cond = module.family.encode(sdxl_frozen.text_encoders, sdxl_frozen.tokenizers, ids)
     cond.embeds.float().sum().backward()
-    assert cond.embeds.dtype == torch.bfloat16 and module.vectors.dtype == torch.float32
-    assert module.vectors.grad.dtype == torch.float32 and torch.isfinite(module.vectors.grad).all()
+    assert cond.embeds.dtype == torch.bfloat16 and module.method.vectors.dtype == torch.float32
+    assert module.method.vectors.grad.dtype == torch.float32 and torch.isfinite(module.method.vectors.grad).all()
 
 
 def test_sdxl_run_trains_both_halves_and_writes_the_pair_layouts(sdxl_runs, sdxl_frozen):
@@ -205,14 +208,15 @@ def test_generate_reads_both_layouts_alike_and_refuses_sd_files(sdxl_runs, tmp_p
         a, b = (np.asarray(Image.open(outs[n] / f"{k:04d}.png")) for n in ("root", "pair"))
         assert a.shape == (32, 32, 3) and np.array_equal(a, b)
     from textinv.methods.textual_inversion.formats import save_diffusers
+    from textinv.methods.textual_inversion.loading import load_embeddings
     from textinv.models.generation import ImageGenerator
 
     sd_file = save_diffusers(tmp_path / "sd" / "learned_embeds.safetensors", "<sd-tok>", torch.ones(1, 32))
     gen = ImageGenerator.from_frozen(ModelSource("sdxl_tiny").load())
     with pytest.raises(UserError, match="one text encoder's embedding .* SDXL has two"):
-        gen.load_embeddings([sd_file])
+        load_embeddings(gen, [sd_file])
     with pytest.raises(UserError, match=r"is an SDXL embedding .*model=sdxl"):
-        ImageGenerator.from_frozen(ModelSource("tiny").load()).load_embeddings([ti / "demo-toy.safetensors"])
+        load_embeddings(ImageGenerator.from_frozen(ModelSource("tiny").load()), [ti / "demo-toy.safetensors"])
 
 
 def test_table_over_sdxl_runs_and_never_mixes_families(sdxl_runs, tmp_path):
@@ -260,7 +264,7 @@ def test_model_folder_is_detected_as_sdxl_and_pools_at_the_end_token(sdxl_frozen
     assert (info.family, info.widths, info.native_resolution) == ("sdxl", (32, 48), 32)
     frozen = source.load()
     assert frozen.tokenizer_2.pad_token == "!" and frozen.text_encoder_2.text_model.eos_token_id == 49407
-    frozen.family.install_placeholder(frozen.tokenizers, frozen.text_encoders, TOKEN, 1, "toy", "word", 0)
+    install_placeholder(frozen.tokenizers, frozen.text_encoders, TOKEN, 1, "toy", "word", 0)
     ids = frozen.tokenizer_2([f"a {TOKEN}"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     out = frozen.text_encoder_2(ids, output_hidden_states=True)
     eos = int((ids[0] == 49407).nonzero()[0])
@@ -283,7 +287,7 @@ def test_sdxl_ddp_sweep_point_matches_one_process(tmp_path, demo_images):
                       "callbacks.data_parallel.every_n_steps=1", timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (sweep_dir / "point" / "train.log").read_text()
-    assert "step 2: 2 ranks hold the same vectors (max difference 0); samples [[2], [3]]" in log
+    assert "step 2: 2 ranks hold the same trained weights (max difference 0); samples [[2], [3]]" in log
     single = tmp_path / "single"
     train(compose(*sdxl_overrides(single, demo_images, 2, "eval.enabled=false", "data.batch_size=2")))
     ddp, one = (load_file(str(d / "demo-toy.safetensors")) for d in (sweep_dir / "point", single))

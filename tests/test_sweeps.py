@@ -194,7 +194,7 @@ def test_ddp_two_cpu_ranks_agree_and_match_one_process_with_the_same_effective_b
         log = (point / "train.log").read_text()
         assert "2 rank(s) x batch 1 x accumulation 1 = effective batch 2; learning rate 0.004" in log
         for step, samples in ((1, "[[0], [1]]"), (2, "[[2], [3]]"), (3, "[[4], [5]]")):  # each rank its own
-            assert f"step {step}: 2 ranks hold the same vectors (max difference 0); samples {samples}" in log
+            assert f"step {step}: 2 ranks hold the same trained weights (max difference 0); samples {samples}" in log
         rank1_log = (point / "train_ddp_rank1.log").read_text()
         assert "loaded frozen model" in rank1_log and "wrote" not in rank1_log  # rank 1 ran, rank 0 wrote
         assert (point / "run.json").is_file()

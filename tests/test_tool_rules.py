@@ -12,8 +12,8 @@ import tool_rules
 from tool_rules import TOOLS, ToolRefused
 from textinv.models.family import SD, SDXL
 from textinv.methods.textual_inversion.formats import load_embedding, read_sdxl_embedding, save_diffusers
-from textinv.methods.textual_inversion.placeholder import Placeholder
-from textinv.runs.layout import write_embedding_files
+from textinv.methods.textual_inversion.placeholder import Placeholder, vector_tokens
+from textinv.methods.textual_inversion.families import write_files
 
 # The name each tool's prompt uses: the file stem, except diffusers, which takes the token from the file.
 EXPECTED_NAME = {"automatic1111": "deku-tree", "comfyui": "deku-tree", "kohya": "deku-tree",
@@ -21,18 +21,22 @@ EXPECTED_NAME = {"automatic1111": "deku-tree", "comfyui": "deku-tree", "kohya": 
 
 
 def fake_module(num_vectors: int, dim: int = 768, family=SD, widths=None):
-    """What write_embedding_files reads of a module: the word, its vectors, the model family and encoder widths."""
-    tokens = ["<deku-tree>"] + [f"<deku-tree>_{i}" for i in range(1, num_vectors)]
+    """What a training run writes files from: the word, its vectors, the model family and encoder widths."""
+    tokens = vector_tokens("<deku-tree>", num_vectors)
     widths = widths or (dim,)
     return SimpleNamespace(placeholder=Placeholder("<deku-tree>", tokens, list(range(49408, 49408 + num_vectors))),
                            vectors=torch.randn(num_vectors, sum(widths)), model_name="sd15", family=family,
                            widths=widths)
 
 
+def write_module_files(folder, module, step: int):
+    return write_files(module.family, folder, module.placeholder, module.vectors, module.widths, step, module.model_name)
+
+
 @pytest.fixture(params=[1, 3], ids=["1-vector", "3-vector"])
 def run(request, tmp_path):
     module = fake_module(request.param)
-    write_embedding_files(tmp_path, module, step=500)
+    write_module_files(tmp_path, module, 500)
     return tmp_path, module.vectors
 
 
@@ -107,7 +111,7 @@ def test_real_diffusers_loader_registers_the_token(tiny_frozen, tmp_path, num_ve
     from test_formats import pipeline
 
     module = fake_module(num_vectors, dim=tiny_frozen.text_encoder.config.hidden_size)
-    write_embedding_files(tmp_path, module, step=1)
+    write_module_files(tmp_path, module, 1)
     pipe = pipeline(tiny_frozen)
     pipe.load_textual_inversion(str(tmp_path / "deku-tree.pt"))
     names = ["<deku-tree>"] + [f"<deku-tree>_{i}" for i in range(1, num_vectors)]
@@ -143,7 +147,7 @@ def test_invokeai_picklescan_passes_the_root_pt(run):
 def sdxl_run(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sdxl-run")
     module = fake_module(request.param, family=SDXL, widths=(768, 1280))
-    write_embedding_files(folder, module, step=500)
+    write_module_files(folder, module, 500)
     return folder, module.vectors[:, :768], module.vectors[:, 768:]
 
 

@@ -67,7 +67,7 @@ def test_frozen_weights_bitwise_unchanged_and_optimizer_holds_only_vectors(tmp_p
 
     def spy_fit(trainer, module, *a, **kw):
         seen["before"] = {k: v.clone() for k, v in module.state_dict().items() if not k.endswith("vectors")}
-        seen["vectors"] = module.vectors.detach().clone()
+        seen["vectors"] = module.method.vectors.detach().clone()
         real_fit(trainer, module, *a, **kw)
         seen["module"], seen["trainer"] = module, trainer
 
@@ -77,9 +77,9 @@ def test_frozen_weights_bitwise_unchanged_and_optimizer_holds_only_vectors(tmp_p
     after = {k: v for k, v in module.state_dict().items() if not k.endswith("vectors")}
     assert after.keys() == seen["before"].keys()
     assert all(torch.equal(after[k], seen["before"][k]) for k in after)
-    assert not torch.equal(module.vectors.detach(), seen["vectors"])
+    assert not torch.equal(module.method.vectors.detach(), seen["vectors"])
     params = [p for g in trainer.optimizers[0].param_groups for p in g["params"]]
-    assert len(params) == 1 and params[0] is module.vectors
+    assert len(params) == 1 and params[0] is module.method.vectors
 
 
 def test_sigkill_and_rerun_same_command_gives_identical_embedding(tmp_path, demo_images, reference_run):

@@ -54,7 +54,7 @@ def test_any_value_is_accepted_or_one_line_naming_the_key(base_cfg, key, value):
 @FAST
 @given(value=st.one_of(st.integers(max_value=0), st.floats(max_value=0.0), st.just(float("nan"))))
 def test_non_positive_numbers_refused(value):
-    for key in ("lr", "steps", "trainer.accumulate_grad_batches", "data.batch_size", "module.num_vectors"):
+    for key in ("lr", "steps", "trainer.accumulate_grad_batches", "data.batch_size", "method.num_vectors"):
         with pytest.raises(UserError, match=f"^{key}="):
             check_value(key, value)
 
@@ -70,7 +70,7 @@ def test_generate_values_checked(key, value):
 
 def test_accumulate_zero_and_too_many_vectors_refused(base_cfg):
     for key, value, fragment in [("trainer.accumulate_grad_batches", 0, "whole number >= 1"),
-                                 ("module.num_vectors", 100, "77-token window"), ("lr", "fast", "positive number"),
+                                 ("method.num_vectors", 100, "77-token window"), ("lr", "fast", "positive number"),
                                  ("data.flip_p", 1.5, "probability"), ("module.optim.betas", [0.9], "two numbers")]:
         cfg = copy.deepcopy(base_cfg)
         OmegaConf.update(cfg, key, value)
@@ -120,9 +120,12 @@ def test_bad_embedding_tensors_refused_on_load(tmp_path, vectors, fragment):
 
 
 def test_unreadable_and_foreign_checkpoints_refused(tmp_path, base_cfg):
+    from hydra.utils import instantiate
+
     from textinv.training.resume import check_resume, run_identity
 
-    ident = run_identity(base_cfg, "<demo-toy>", "tiny", None)
+    method = instantiate(base_cfg.method)(word="<demo-toy>", initializer=base_cfg.init)
+    ident = run_identity(base_cfg, "<demo-toy>", "tiny", None, {"method": method.name, **method.identity()})
     for content in (b"", b"garbage", b"PK\x03\x04broken"):
         (tmp_path / "bad.ckpt").write_bytes(content)
         with pytest.raises(UserError, match="not a readable checkpoint"):

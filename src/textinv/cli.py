@@ -48,6 +48,21 @@ def reject_conflicting_overrides(argv: list[str]) -> None:
         seen[key] = arg
 
 
+# Config keys that moved: an old override fails with one line naming the new key (Hydra's own error is
+# several lines and does not say where the key went).
+MOVED_KEYS = {"module.num_vectors": "method.num_vectors", "module.init_method": "method.init_method"}
+
+
+def reject_moved_keys(argv: list[str]) -> None:
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in MOVED_KEYS:
+            value = arg.split("=", 1)[1] if "=" in arg else "..."
+            print(f"error: {key} is now {MOVED_KEYS[key]}; use {MOVED_KEYS[key]}={value}", file=sys.stderr,
+                  flush=True)
+            sys.exit(2)
+
+
 def check_output_dir_override(argv: list[str]) -> None:
     """Hydra creates `hydra.run.dir` (and its log) before the job runs and fails there with a traceback;
     catch an unusable directory first."""

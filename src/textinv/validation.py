@@ -60,9 +60,9 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
     "data.augment.crop_scale": (Num(gt=0, le=1), "a fraction in (0, 1] (1 = off)"),
     "data.augment.rotation": (Num(ge=0, le=180), "degrees from 0 to 180"),
     "data.augment.color_jitter": (Num(ge=0, le=1), "a strength from 0 to 1"),
-    "module.num_vectors": (Int(ge=1, le=75), "a whole number from 1 to 75 (the text encoder's 77-token window "
+    "method.num_vectors": (Int(ge=1, le=75), "a whole number from 1 to 75 (the text encoder's 77-token window "
                                              "minus start and end)"),
-    "module.init_method": (Literal["word", "random"], "word or random"),
+    "method.init_method": (Literal["word", "random"], "word or random"),
     "module.frozen_dtype": (Literal["auto", "fp32", "fp16", "bf16"], "auto, fp32, fp16 or bf16"),
     "module.optim.weight_decay": (Num(ge=0, le=1), "a number from 0 to 1"),
     "module.optim.betas": (tuple[Num(ge=0, lt=1), Num(ge=0, lt=1)], "two numbers in [0, 1), e.g. [0.9,0.999]"),

@@ -106,9 +106,8 @@ def train_steps(model: str, resolution: int, steps: int, device: str) -> dict:
                        "~callbacks.progress_bar", "callbacks.embedding_writer.every_n_steps=0",
                        "callbacks.validation_loss.enabled=false",
                        "+trainer.enable_checkpointing=false")
-        _, _, concept, source, datamodule = prepare(cfg)
-        module = instantiate(cfg.module, _convert_="all")(frozen=source.load(), placeholder=concept.placeholder,
-                                                          initializer=cfg.init, seed=cfg.seed)
+        _, _, concept, source, datamodule, method = prepare(cfg)
+        module = instantiate(cfg.module, _convert_="all")(frozen=source.load(), method=method, seed=cfg.seed)
         trainer = build_trainer(cfg)
         timer = _StepTimer()
         trainer.callbacks.append(timer.callback)

@@ -106,11 +106,11 @@ class EvaluationCallback(L.Callback):
                 else:
                     with self.meter.phase("eval"):
                         self._evaluate(trainer, pl_module, step, protocol)
-            except Exception as err:  # noqa: BLE001 - an evaluation must never cost the trained embedding
+            except Exception as err:  # noqa: BLE001 - an evaluation must never cost the trained state
                 first = (str(err).strip().splitlines() or [""])[0][:300]
                 self.failures.append({"step": step, "protocol": protocol.name,
                                       "error": f"{type(err).__name__}: {first}"})
-                log.error("evaluation at step %d (%s protocol) failed (%s: %s); training and the embedding files "
+                log.error("evaluation at step %d (%s protocol) failed (%s: %s); training and the method's files "
                           "are unaffected, run.json records the failure", step, protocol.name, type(err).__name__,
                           first)
 
@@ -118,19 +118,21 @@ class EvaluationCallback(L.Callback):
         from textinv.models.generation import ImageGenerator
 
         if scheduler not in self.generators:
-            self.generators[scheduler] = ImageGenerator.from_frozen(pl_module.frozen, scheduler=scheduler)
+            generator = ImageGenerator.from_frozen(pl_module.frozen, scheduler=scheduler)
+            pl_module.method.use_in(generator)  # the live trained state, as training sees it
+            self.generators[scheduler] = generator
         return self.generators[scheduler]
 
     def _evaluate(self, trainer, pl_module, step: int, protocol: Protocol) -> None:
-        token = pl_module.placeholder.token
-        images = self.evaluator.generate(self.generator(pl_module, protocol.scheduler), token, protocol=protocol)
+        word = pl_module.method.eval_word
+        images = self.evaluator.generate(self.generator(pl_module, protocol.scheduler), word, protocol=protocol)
         record = {"step": step, "protocol": protocol.name, "settings": self.evaluator.settings(protocol),
-                  **self.evaluator.score(images, token, token, inception=protocol.name == FULL)}
+                  **self.evaluator.score(images, word, inception=protocol.name == FULL)}
         save_images(self.run_dir / "eval" / "images" / image_folder_name(step, protocol.name),
                     self.evaluator.templates, images)
         self.evaluations.append(record)
         write_metrics(self.metrics_path, {**self.header, "settings": self.evaluator.settings()}, self.evaluations)
-        log_evaluation(trainer.loggers, record, images, step, "ti")
+        log_evaluation(trainer.loggers, record, images, step, pl_module.method.log_tag)
         log.info("step %d (%s protocol: %d images/prompt, %s %d steps): reconstruction %.4f, editability %.4f", step,
                  protocol.name, protocol.num_images, protocol.scheduler, protocol.sampler_steps,
                  record["reconstruction"], record["editability"])

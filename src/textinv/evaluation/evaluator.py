@@ -4,7 +4,7 @@ For each evaluation: N images per prompt with fixed seeds (image k of every prom
 then
 - reconstruction (CLIP-I): all-pairs CLIP image similarity, training images x images of the
   reconstruction prompt ("a photo of S*", or the style template for styles);
-- editability (CLIP-T): CLIP similarity of each editability prompt, placeholder removed, with its images;
+- editability (CLIP-T): CLIP similarity of each editability prompt, concept's word removed, with its images;
 - FID/KID against the training images (reconstruction images) and Inception Score (all images);
 - optional DINO all-pairs similarity.
 The baseline ("SD" row) uses the same prompts and seeds with the initializer word in place of S*;
@@ -85,7 +85,7 @@ class Protocol:
 
 FULL, LIGHT = "full", "light"
 def clip_t_text(template: str, mode: str = "original") -> str:
-    """The CLIP-T text of a template ({} = the placeholder): see metrics.placeholder_free_text."""
+    """The CLIP-T text of a template ({} = the concept's word): see metrics.placeholder_free_text."""
     return placeholder_free_text(template, "{}", mode)
 
 
@@ -145,7 +145,7 @@ class EvalConfig:
 
 
 def evaluation_prompts(cfg: EvalConfig, kind: str, concept_prompts: list[str]) -> tuple[str, list[str]]:
-    """(reconstruction template, editability templates); `{}` marks the placeholder."""
+    """(reconstruction template, editability templates); `{}` marks the concept's word."""
     edits = list(cfg.prompts) if cfg.prompts else list(concept_prompts) + ORIGINAL_EDIT_PROMPTS[kind]
     seen: set[str] = set()
     edits = [p for p in edits if not (p.lower() in seen or seen.add(p.lower()))]
@@ -228,8 +228,8 @@ class Evaluator:
                     atomic_write(f, lambda p, img=img: img.save(p, format="PNG"))
         return images
 
-    def score(self, images: list[list[Image.Image]], placeholder: str, word: str, inception: bool = True) -> dict:
-        """Every metric, per prompt and aggregated. inception=False (the light protocol): CLIP metrics only;
+    def score(self, images: list[list[Image.Image]], word: str, inception: bool = True) -> dict:
+        """Every metric of images generated with `word` in the templates, per prompt and aggregated. inception=False (the light protocol): CLIP metrics only;
         FID/KID/IS on a handful of images mean little and cost an Inception pass."""
         per_prompt = []
         for template, row in zip(self.templates, images):

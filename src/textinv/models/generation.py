@@ -1,17 +1,15 @@
 """Image generation from the frozen model: batched classifier-free guidance with one fixed seed per image.
 
-Shared by evaluation during training (which passes the live text encoder, with its trainable
-`PlaceholderEmbedding`) and by `generate.py` (which loads learned embedding files).
+Shared by evaluation during training (over the live frozen model, with the training method attached) and
+by `generate.py` (which loads a training method's files: Method.load_files).
 
 - Seeds: image k of every prompt starts from the noise of `torch.Generator().manual_seed(seed + k)`,
   so images do not depend on the batch size, and the plain-word baseline sees the same noise as the
   learned token.
 - One UNet forward per step: diffusers concatenates the unconditional and conditional halves.
 - Prompt encodings without a learned token are cached (keyed by their token ids); prompts holding a
-  learned token are encoded again on every call, because the embedding changes during training.
-- Embedding files are read by the model family (`formats`, never diffusers' own pickle path) and then
-  registered with `pipe.load_textual_inversion(tensor, token=...)` (SDXL: once per text encoder); a
-  multi-vector token becomes `tok tok_1 tok_2 ...`, exactly as diffusers and the training placeholder spell it.
+  learned token (one the tokenizer has added) are encoded again on every call: it changes during training.
+- A method may rewrite prompts before they are tokenized (`prompt_rewrites`, in order).
 - The model family (textinv.models.family) turns prompts into the UNet's conditioning and picks the pipeline
   (StableDiffusionPipeline, StableDiffusionXLPipeline); the pipeline samples latents, which are decoded
   here in the VAE's own dtype (SDXL keeps its VAE in fp32 while the UNet may run in half precision).
@@ -35,8 +33,6 @@ from transformers.utils import logging as transformers_logging
 
 from textinv.errors import UserError
 from textinv.models.family import PromptEncoding, get_family
-from textinv.methods.textual_inversion.formats import LoadedEmbedding
-from textinv.methods.textual_inversion.placeholder import PlaceholderEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -57,38 +53,6 @@ def make_scheduler(noise_scheduler, name: str = "ddim"):
     raise UserError(f"scheduler={name!r} is unknown; use one of {', '.join(SCHEDULERS)}")
 
 
-def check_new_token(tokenizer, token: str, source: str) -> None:
-    """A learned token must be a new word: not in the vocabulary, not one BPE token, not already loaded."""
-    if not token or not token.strip():
-        raise UserError(f"{source}: the embedding has an empty token name; give one with tokens=[<name>]")
-    added = {t.content.lower() for t in tokenizer.added_tokens_decoder.values() if not t.special}
-    if token.lower() in added or f"{token}_1".lower() in added:
-        raise UserError(f"{source}: token {token!r} is already loaded (another embedding file or the training "
-                        f"placeholder uses it); rename this one, e.g. tokens=['<{token.strip('<>')}-2>']")
-    if token in tokenizer.get_vocab() or len(tokenizer(token, add_special_tokens=False).input_ids) == 1:
-        raise UserError(f"{source}: token {token!r} is an existing word of the vocabulary and would replace it in "
-                        f"every prompt; rename it, e.g. tokens=['<{token.strip('<>')}-concept>']")
-
-
-def resolve_tokens(tokenizer, embeddings: Sequence[LoadedEmbedding], tokens: Sequence[str | None] | None = None
-                   ) -> list[str]:
-    """The prompt word of each embedding (override > the file's own token > the file name), all checked."""
-    tokens = list(tokens) if tokens else [None] * len(embeddings)
-    if len(tokens) != len(embeddings):
-        raise UserError(f"tokens has {len(tokens)} entries for {len(embeddings)} embeddings; give one per file or none")
-    names = [t or e.token or e.path.stem for t, e in zip(tokens, embeddings)]
-    for name, emb in zip(names, embeddings):
-        check_new_token(tokenizer, name, str(emb.path))
-    seen: dict[str, Path] = {}
-    for name, emb in zip(names, embeddings):
-        for part in [name] + [f"{name}_{i}" for i in range(1, emb.vectors.shape[0])]:
-            if part.lower() in seen:
-                raise UserError(f"{emb.path} and {seen[part.lower()]} both use the token {part!r} (tokens match "
-                                "case-insensitively); rename one with tokens=[...]")
-            seen[part.lower()] = emb.path
-    return names
-
-
 @dataclass
 class GeneratedImage:
     image: Image.Image | np.ndarray
@@ -100,8 +64,8 @@ class GeneratedImage:
 class ImageGenerator:
     """Batched, seeded text-to-image sampling over a frozen model (or the live training modules).
 
-    Loading embedding files adds tokens to `tokenizer` and rows to `text_encoder` in place (as diffusers
-    does): give it its own copies when the originals must stay untouched.
+    A method's files load into it in place (textual inversion adds tokens to `tokenizer` and rows to
+    `text_encoder`, as diffusers does): give it its own copies when the originals must stay untouched.
     """
 
     def __init__(self, tokenizer, text_encoder, vae, unet, noise_scheduler, scheduler: str = "ddim",
@@ -116,7 +80,7 @@ class ImageGenerator:
         self.scheduler_name = scheduler
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[int, ...], PromptEncoding] = OrderedDict()
-        self.loaded: dict[str, list[str]] = {}  # token from a file -> its spelled-out tokens
+        self.prompt_rewrites: list = []  # str -> str, applied in order before tokenizing (a method's words)
 
     @classmethod
     def from_frozen(cls, frozen, scheduler: str = "ddim", **kw) -> "ImageGenerator":
@@ -144,64 +108,15 @@ class ImageGenerator:
         return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
 
     def learned_token_ids(self) -> set[int]:
-        """Ids of every added, non-special token: loaded embeddings and the training placeholder."""
+        """Ids of every added, non-special token: words a method added (loaded or in training)."""
         return {i for i, t in self.tokenizer.added_tokens_decoder.items() if not t.special}
-
-    # --- learned embedding files ---------------------------------------------------------------
-    def load_embeddings(self, files: Sequence[str | Path | LoadedEmbedding],
-                        tokens: Sequence[str | None] | None = None) -> list[str]:
-        """Register embedding files (diffusers / A1111 / kohya); returns the word each one is used by."""
-        if not files:
-            return []
-        if any(isinstance(e.get_input_embeddings(), PlaceholderEmbedding) for e in self.text_encoders):
-            raise RuntimeError("embedding files cannot be loaded into a text encoder with a training placeholder "
-                               "installed; build the generator from a separately loaded model")
-        widths = self.widths
-        loaded = [f if isinstance(f, LoadedEmbedding) else self.family.read_embedding(f, widths) for f in files]
-        for emb in loaded:  # LoadedEmbedding objects passed in were read without knowing this model
-            got = tuple(v.shape[1] for v in (emb.vectors, emb.vectors_g) if v is not None)
-            if got != widths:
-                self.family.read_embedding(emb.path, widths)  # raises the family's or the dimension error
-                raise UserError(f"{emb.path}: vectors {got} wide do not fit this model's text encoders {widths}")
-        names = resolve_tokens(self.tokenizer, loaded, tokens)
-        # diffusers' loader, fed tensors: it never opens a file itself.
-        verbosity = transformers_logging.get_verbosity()
-        transformers_logging.set_verbosity_error()  # resize_token_embeddings' mean-resizing notice: rows are overwritten
-        try:
-            self.family.register_embeddings(self.pipe, loaded, names, self.tokenizers, self.text_encoders)
-        finally:
-            transformers_logging.set_verbosity(verbosity)
-        for encoder in self.text_encoders:  # the resized matrices are new: keep them frozen
-            encoder.get_input_embeddings().requires_grad_(False)
-        for name, emb in zip(names, loaded):
-            self.loaded[name] = [name] + [f"{name}_{i}" for i in range(1, emb.vectors.shape[0])]
-            log.info("loaded %s (%s, %d vector%s) as %r", emb.path, emb.layout, emb.vectors.shape[0],
-                     "s" * (emb.vectors.shape[0] > 1), name)
-        return names
 
     # --- prompts -------------------------------------------------------------------------------
     def expand(self, prompt: str) -> str:
-        """Spell out multi-vector tokens (`<t>` -> `<t> <t>_1 ...`), case-insensitively like the tokenizer.
-
-        diffusers' `maybe_convert_prompt` does this with an exact-case lookup, so a token with capitals
-        (`<Groot>`) would silently use its first vector only; and it rewrites an already spelled-out
-        `<t>_1` again.
-        """
-        added = {t.content for t in self.tokenizer.added_tokens_decoder.values() if not t.special}
-        lower = {t.lower() for t in added}
-        spelled: dict[str, str] = {}
-        for token in added:
-            if f"{token}_1".lower() in lower:
-                parts = [token]
-                while f"{token}_{len(parts)}".lower() in lower:
-                    parts.append(f"{token}_{len(parts)}")
-                spelled[token.lower()] = " ".join(parts)
-        if not spelled:
-            return prompt
-        # One pass, longest token first: the tokenizer's own leftmost-longest match (`<ab>` before `<a>`).
-        alternatives = "|".join(re.escape(t) for t in sorted(spelled, key=len, reverse=True))
-        pattern = re.compile(f"(?:{alternatives})(?!_\\d)", re.IGNORECASE)
-        return pattern.sub(lambda m: spelled[m.group(0).lower()], prompt)
+        """The prompt as the text encoders read it: every method's rewrite, in order."""
+        for rewrite in self.prompt_rewrites:
+            prompt = rewrite(prompt)
+        return prompt
 
     def token_ids(self, prompts: Sequence[str]) -> torch.Tensor:
         """The first tokenizer's ids (what the prompt cache is keyed by)."""
@@ -218,7 +133,7 @@ class ImageGenerator:
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> PromptEncoding:
         """The prompts' conditioning ([len(prompts), 77, dim] embeddings, + SDXL's pooled [len, 1280]) on the
-        UNet's device and dtype; placeholder-free prompts come from the cache."""
+        UNet's device and dtype; prompts without a learned token come from the cache."""
         ids = self.all_token_ids(prompts)
         learned = self.learned_token_ids()
         keys = [tuple(row.tolist()) for row in ids[0]]
@@ -320,7 +235,7 @@ def check_sampling(num_images: int, steps: int, batch_size: int, height: int, wi
 
 # --- the generate.py job ---------------------------------------------------------------------------
 def run_generate(cfg) -> Path:
-    """`python generate.py`: checks first (no weights), then model + embeddings -> PNGs and images.json."""
+    """`python generate.py`: checks first (no weights), then model + a method's files -> PNGs and images.json."""
     from textinv.runs.lock import folder_lock
     from textinv.validation import GENERATE_RULES, validate
 
@@ -340,7 +255,7 @@ def refuse_earlier_outputs(out_dir: Path) -> None:
 
 
 def _run_generate(cfg, out_dir: Path) -> Path:
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
     from omegaconf import OmegaConf
 
     from textinv.utils.atomic import atomic_write, atomic_write_text, confined
@@ -355,22 +270,19 @@ def _run_generate(cfg, out_dir: Path) -> Path:
     # null height/width: the model's own size, known once it is built; checked here as a stand-in 8.
     size = {k: 8 if cfg[k] is None else cfg[k] for k in ("height", "width")}
     check_sampling(cfg.num_images, cfg.steps, cfg.batch_size, size["height"], size["width"], cfg.guidance_scale)
-    files = [cfg.embeddings] if isinstance(cfg.embeddings, str) else list(cfg.embeddings or [])
     source: ModelSource = instantiate(cfg.model)
-    widths = source.info().widths  # SDXL files hold both encoders' halves (clip_l + clip_g, or diffusers' pair)
-    loaded = [source.family.read_embedding(Path(str(f)).expanduser(), widths) for f in files]
     tokenizer = source.load_tokenizer()
-    tokens = cfg.get("tokens")
-    names = resolve_tokens(tokenizer, loaded, [tokens] if isinstance(tokens, str) else list(tokens or []))
+    files = get_class(cfg.method._target_).generation_files(cfg, source, tokenizer)  # the method's files
+    names = files.words
     for prompt in prompts:
         missing = [n for n in names if n.lower() not in prompt.lower()]
         if names and len(missing) == len(names):
-            log.warning("prompt %r uses none of the loaded tokens (%s): the embeddings have no effect on it",
+            log.warning("prompt %r uses none of the loaded tokens (%s): the files have no effect on it",
                         prompt, ", ".join(names))
 
     frozen = source.load(tokenizer)
     generator = ImageGenerator.from_frozen(frozen, cfg.scheduler, progress=True)
-    generator.load_embeddings(loaded, names)
+    files.load_into(generator)
     height = generator.default_size if cfg.height is None else cfg.height
     width = generator.default_size if cfg.width is None else cfg.width
     rows = generator.samples(prompts, cfg.num_images, cfg.seed, cfg.steps, cfg.guidance_scale,
@@ -385,8 +297,7 @@ def _run_generate(cfg, out_dir: Path) -> Path:
         summary = {
             "model": source.name, "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
             "negative_prompt": cfg.negative_prompt or "", "height": height, "width": width,
-            "embeddings": [{"file": str(e.path), "layout": e.layout, "token": n,
-                            "num_vectors": int(e.vectors.shape[0])} for e, n in zip(loaded, names)],
+            **files.summary(),
             "images": records,
         }
         atomic_write_text(out_dir / "images.json", json.dumps(summary, indent=2))

@@ -16,14 +16,13 @@ SDXL runs (two text encoders; textinv.models.family.sdxl) write instead:
 The root holds one embedding file only: these tools scan a whole folder and name embeddings after file
 stems, so a second root file would either share the stem (ComfyUI shadows it, kohya fails) or add a second
 name, and InvokeAI refuses the diffusers layout outright (formats.py has the sources' rules). Snapshots use
-the same layout under snapshots/ with a `-step000500` suffix.
+the same layout under snapshots/ with a `-step000500` suffix. The files are written by the training
+method (textinv.methods.textual_inversion.families); the names are this module's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from textinv.methods.textual_inversion.formats import save_a1111, save_diffusers, save_kohya, save_sdxl
 
 DIFFUSERS_DIR = "diffusers"
 DIFFUSERS_FILE = "learned_embeds.safetensors"
@@ -41,26 +40,11 @@ def universal_file(folder: str | Path, name: str, suffix: str = "") -> Path:
     return Path(folder) / f"{name}{suffix}.pt"
 
 
-def write_embedding_files(folder: Path, module, step: int, suffix: str = "") -> list[Path]:
-    """The files of the module's model family (its root file first)."""
-    return module.family.write_files(Path(folder), module.placeholder, module.vectors.detach(), module.widths, step,
-                                     module.model_name, suffix)
+def kohya_file(folder: str | Path, name: str, suffix: str = "") -> Path:
+    """The pickle-free {"emb_params": ...} file (SD 1.x/2.x runs)."""
+    return Path(folder) / SAFETENSORS_DIR / f"{name}{suffix}.safetensors"
 
 
-def write_sd_files(folder: Path, ph, vectors, step: int, model_name: str, suffix: str = "") -> list[Path]:
-    """SD 1.x/2.x: the universal .pt first, then the diffusers and pickle-free safetensors files."""
-    return [
-        save_a1111(universal_file(folder, ph.name, suffix), ph.token, vectors, step=step,
-                   sd_checkpoint_name=model_name),
-        save_diffusers(diffusers_file(folder, suffix), ph.token, vectors),
-        save_kohya(Path(folder) / SAFETENSORS_DIR / f"{ph.name}{suffix}.safetensors", vectors),
-    ]
-
-
-def write_sdxl_files(folder: Path, ph, clip_l, clip_g, suffix: str = "") -> list[Path]:
-    """SDXL: the {clip_l, clip_g} file named after the token first, then diffusers' pair."""
-    return [
-        save_sdxl(Path(folder) / f"{ph.name}{suffix}.safetensors", clip_l, clip_g),
-        save_diffusers(diffusers_file(folder, suffix), ph.token, clip_l),
-        save_diffusers(diffusers_file(folder, suffix, second=True), ph.token, clip_g),
-    ]
+def sdxl_file(folder: str | Path, name: str, suffix: str = "") -> Path:
+    """SDXL runs' root file {"clip_l", "clip_g"}, named after the token."""
+    return Path(folder) / f"{name}{suffix}.safetensors"

@@ -1,4 +1,4 @@
-"""Training-time outputs: embedding snapshots, the final embedding files, the finished-run marker."""
+"""Training-time outputs: the method's snapshots and final files, the finished-run marker."""
 
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from textinv.utils.atomic import atomic_path, atomic_write_text
-from textinv.methods.textual_inversion.invariants import report_unchanged, unchanged_rows
-from textinv.runs.layout import write_embedding_files
 
 log = logging.getLogger(__name__)
 
 FINISHED_MARKER = "run.json"
 
 
-class EmbeddingWriter(L.Callback):
-    """Snapshots every N steps (and at chosen steps) under snapshots/, final files at the end (rank 0)."""
+class MethodFileWriter(L.Callback):
+    """The training method's files (textinv.methods.base.Method.write_files): snapshots every N steps (and at
+    chosen steps) under snapshots/, final files at the end (rank 0)."""
 
     def __init__(self, run_dir: str, every_n_steps: int = 500, at_steps: list[int] | tuple = ()):
         self.run_dir = Path(run_dir)
@@ -37,7 +36,7 @@ class EmbeddingWriter(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if trainer.is_global_zero and self._due(step):
-            write_embedding_files(self.run_dir / "snapshots", pl_module, step, suffix=f"-step{step:06d}")
+            pl_module.method.write_files(self.run_dir / "snapshots", step, suffix=f"-step{step:06d}")
             self._last_written = step
 
     def _finished(self, trainer) -> bool:
@@ -47,31 +46,26 @@ class EmbeddingWriter(L.Callback):
             trainer.global_step >= trainer.max_steps or stopped_early(trainer) is not None)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        """The embedding first: written before the final evaluation, so a failing evaluation loses nothing."""
+        """The files first: written before the final evaluation, so a failing evaluation loses nothing."""
         self._files = []
         if not self._finished(trainer):
             return  # stopped early (signal): not a finished run
-        self._files = write_embedding_files(self.run_dir, pl_module, trainer.global_step)
+        self._files = pl_module.method.write_files(self.run_dir, trainer.global_step)
         log.info("wrote %s in %s", ", ".join(str(p.relative_to(self.run_dir)) for p in self._files), self.run_dir)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         """run.json last, after the final evaluation: the run finished, and what went wrong on the way."""
         if not self._finished(trainer) or not getattr(self, "_files", None):
             return
-        unchanged = unchanged_rows(pl_module.initial_vectors, pl_module.vectors)
+        method = pl_module.method
         summary = {
             "finished": True,
             "step": trainer.global_step,
-            "placeholder": pl_module.placeholder.token,
-            "tokens": pl_module.placeholder.tokens,
-            "num_vectors": pl_module.placeholder.num_vectors,
+            **method.summary(),
             "model": pl_module.model_name,
             "files": [str(p.relative_to(self.run_dir)) for p in self._files],
+            **method.findings(pl_module.optim.lr),
         }
-        why = report_unchanged(unchanged, pl_module.placeholder.tokens, pl_module.optim.lr)
-        if why:
-            summary["unchanged_vectors"] = {"tokens": [pl_module.placeholder.tokens[i] for i in unchanged],
-                                            "why": why}
         failures = [f for cb in trainer.callbacks for f in getattr(cb, "failures", [])]
         if failures:
             summary["evaluation_failures"] = failures

@@ -1,13 +1,14 @@
-"""Data-parallel training of one embedding (trainer=ddp trainer.devices=N).
+"""Data-parallel training of one concept (trainer=ddp trainer.devices=N).
 
-Every rank holds the frozen model and the same vectors; the StepSampler gives each rank its own samples
-(textinv.data.datamodule), DDP averages the vectors' gradients, so every rank applies the same update. Only rank 0
+Every rank holds the frozen model and the same trained weights (the method's parameters); the StepSampler
+gives each rank its own samples (textinv.data.datamodule), DDP averages their gradients, so every rank applies
+the same update. Only rank 0
 writes files (callbacks check trainer.is_global_zero); collectives run on every rank, never inside a
 rank-0 branch.
 
 Two pieces here:
 - `DataParallelCheck`: prints and logs the effective batch and learning rate; under DDP, every N steps,
-  one all_gather checks that the ranks hold the same vectors and drew different samples.
+  one all_gather checks that the ranks hold the same trained weights and drew different samples.
 - `ddp_children_run_this_job`: Lightning's `strategy=ddp` starts ranks 1..N-1 by re-running the script.
   Its Hydra support re-runs `sys.argv` with `hydra.run.dir=<run.dir>`: inside a sweep that would start the
   whole sweep again in each child, and it repeats `hydra.run.dir` (which train.py rejects as a conflicting
@@ -57,12 +58,13 @@ class DataParallelCheck(L.Callback):
         if trainer.world_size < 2 or self.every_n_steps <= 0 or step == self._last or step % self.every_n_steps:
             return
         self._last = step
-        vectors = _all_gather(pl_module.vectors.detach())  # [world, n, dim]; every rank takes part
+        # [world, total numel]: the method's parameters, flattened; every rank takes part
+        weights = _all_gather(torch.cat([p.detach().flatten().float() for p in pl_module.method.parameters()]))
         indices = _all_gather(torch.as_tensor(batch["index"], device=pl_module.device))
-        diff = check_ranks(vectors, indices, step, self.atol)
+        diff = check_ranks(weights, indices, step, self.atol)
         if trainer.is_global_zero:
-            log.info("step %d: %d ranks hold the same vectors (max difference %.3g); samples %s", step,
-                     len(vectors), diff, indices.tolist())
+            log.info("step %d: %d ranks hold the same trained weights (max difference %.3g); samples %s", step,
+                     len(weights), diff, indices.tolist())
 
 
 def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -71,12 +73,12 @@ def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-def check_ranks(vectors: torch.Tensor, indices: torch.Tensor, step: int, atol: float) -> float:
+def check_ranks(weights: torch.Tensor, indices: torch.Tensor, step: int, atol: float) -> float:
     """Raises (on every rank alike: they all see the same gathered tensors) when ranks disagree."""
-    diff = float((vectors - vectors[:1]).abs().max())
+    diff = float((weights - weights[:1]).abs().max())
     flat = indices.flatten().tolist()
     if not diff <= atol:
-        raise RuntimeError(f"DDP ranks disagree at step {step}: the vectors differ by up to {diff:.3g} "
+        raise RuntimeError(f"DDP ranks disagree at step {step}: the trained weights differ by up to {diff:.3g} "
                            f"(tolerance {atol:g})")
     if len(set(flat)) != len(flat):
         raise RuntimeError(f"DDP ranks drew the same samples at step {step}: {indices.tolist()}")

@@ -1,4 +1,4 @@
-"""The training job: config -> checks -> data, frozen model, module, callbacks, loggers -> fit.
+"""The training job: config -> checks -> data, training method, frozen model, module, callbacks, loggers -> fit.
 
 Cheap checks come first (numbers, output folder, images, tokenizer), so bad input fails in seconds
 with one line, before gigabytes of weights load.
@@ -27,9 +27,8 @@ from textinv.training.validation_loss import ValidationLoss
 from textinv.evaluation.callback import EvaluationCallback, log_evaluation
 from textinv.evaluation.plan import make_plan
 from textinv.evaluation.evaluator import EvalConfig, Evaluator, baseline_cache_key, image_folder_name, save_images, write_metrics
+from textinv.methods.base import Method
 from textinv.models.frozen_sd import ModelSource
-from textinv.methods.textual_inversion.invariants import check_window
-from textinv.methods.textual_inversion.placeholder import check_placeholder, initializer_ids
 from textinv.training.resume import check_resume, run_identity
 from textinv.runs.lock import folder_lock
 from textinv.training.sweeps import in_multirun
@@ -75,7 +74,15 @@ def resolve_resume(run_dir: Path, ckpt_path: str | None) -> str | None:
     return str(ckpt_path)
 
 
-def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, ConceptDataModule]:
+def check_word(tokenizer, word) -> None:
+    """The baseline's prompts hold the initializer word in place of the concept: it must be a word."""
+    if word is None or not str(word).strip():
+        raise UserError("the initializer word is empty; set init=<word> (e.g. init=tree)")
+    if not tokenizer(str(word), add_special_tokens=False).input_ids:
+        raise UserError(f"init={word!r} tokenizes to nothing; use a plain word such as init=tree")
+
+
+def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, ConceptDataModule, Method]:
     """All checks that need no big weights (the metric networks' weights are checked in `build_evaluator`)."""
     check_numbers(cfg)
     run_dir = Path(cfg.run_dir)
@@ -85,22 +92,23 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     datamodule: ConceptDataModule = instantiate(cfg.data, _partial_=True, _convert_="all")(concept=concept)
     datamodule.load()
     check_resolution(cfg.data.resolution, source.info().resolution_multiple)
+    method: Method = instantiate(cfg.method, _convert_="all")(word=concept.placeholder, initializer=cfg.init,
+                                                              seed=cfg.seed)
     tokenizer = source.load_tokenizer()
-    check_placeholder(tokenizer, concept.placeholder)
-    if cfg.module.init_method == "word" or cfg.baseline:
-        initializer_ids(tokenizer, cfg.init)
-    if not cfg.baseline:
-        check_window(tokenizer, concept.placeholder, cfg.module.num_vectors, datamodule.dataset(1).all_prompts(),
-                     "training prompt")
-    prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or []) if "{}" in p]
-    check_window(tokenizer, concept.placeholder, cfg.module.num_vectors, prompts, "evaluation prompt")
+    train_prompts = [] if cfg.baseline else datamodule.dataset(1).all_prompts()
+    eval_prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or [])
+                    if "{}" in p]
+    method.check(tokenizer, train_prompts, eval_prompts)
+    if cfg.baseline:
+        check_word(tokenizer, cfg.init)
     if ckpt_path is not None:
-        check_resume(ckpt_path, identity(cfg, concept, source))
-    return run_dir, ckpt_path, concept, source, datamodule
+        check_resume(ckpt_path, identity(cfg, concept, source, method))
+    return run_dir, ckpt_path, concept, source, datamodule, method
 
 
-def identity(cfg: DictConfig, concept: Concept, source: ModelSource) -> dict:
-    return run_identity(cfg, concept.placeholder, source.name, source.path or source.hub_id)
+def identity(cfg: DictConfig, concept: Concept, source: ModelSource, method: Method) -> dict:
+    return run_identity(cfg, concept.placeholder, source.name, source.path or source.hub_id,
+                        {"method": method.name, **method.identity()})
 
 
 def build_evaluator(cfg: DictConfig, concept: Concept, datamodule: ConceptDataModule) -> Evaluator | None:
@@ -112,15 +120,15 @@ def build_evaluator(cfg: DictConfig, concept: Concept, datamodule: ConceptDataMo
     return Evaluator(eval_cfg, concept.kind, concept.prompts, datamodule.images, device=device)
 
 
-def run_header(cfg: DictConfig, concept: Concept, source: ModelSource) -> dict:
+def run_header(cfg: DictConfig, concept: Concept, source: ModelSource, method: Method) -> dict:
     """What a results table groups by: written at the top of eval/metrics.json."""
     return {"concept": concept.name, "kind": concept.kind, "placeholder": concept.placeholder,
             "initializer": cfg.init, "baseline": bool(cfg.baseline), "model": source.name, "seed": cfg.seed,
             "model_location": source.path or source.hub_id, "lr": cfg.lr, "steps": cfg.steps,
-            "num_vectors": cfg.module.num_vectors, "family": source.family.name}
+            **method.header(), "family": source.family.name}
 
 
-def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource,
+def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource, method: Method,
                       evaluator: Evaluator, plan: dict | None = None) -> Path:
     """The "SD" row: the untouched model, the initializer word in place of the token, same prompts and seeds.
 
@@ -133,7 +141,7 @@ def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: 
     meter.start(frozen.unet)
     word = str(cfg.init)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    records, header = [], {**run_header(cfg, concept, source), "settings": evaluator.settings()}
+    records, header = [], {**run_header(cfg, concept, source, method), "settings": evaluator.settings()}
     fingerprint = source.fingerprint()
     for protocol in evaluator.cfg.protocols(final=True):
         with meter.phase("eval"):
@@ -141,7 +149,7 @@ def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: 
             images = evaluator.generate(generator, word, protocol=protocol,
                                         cache_key=baseline_cache_key(fingerprint, word, evaluator, protocol))
             record = {"step": 0, "protocol": protocol.name, "settings": evaluator.settings(protocol),
-                      **evaluator.score(images, concept.placeholder, word, inception=protocol.name == "full")}
+                      **evaluator.score(images, word, inception=protocol.name == "full")}
         save_images(run_dir / "eval" / "images" / image_folder_name(None, protocol.name), evaluator.templates, images)
         records.append(record)
         log_evaluation(loggers, record, images, 0, "baseline")
@@ -191,7 +199,7 @@ def train(cfg: DictConfig, skip_finished: bool | None = None) -> Path:
 
 
 def _train(cfg: DictConfig) -> Path:
-    run_dir, ckpt_path, concept, source, datamodule = prepare(cfg)
+    run_dir, ckpt_path, concept, source, datamodule, method = prepare(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     plan = make_plan(cfg)
     log.info("plan: %d training micro-steps (%d UNet forwards); %d evaluations, %d images, %d UNet forwards; "
@@ -206,11 +214,10 @@ def _train(cfg: DictConfig) -> Path:
     if cfg.baseline:
         if evaluator is None:
             raise UserError("baseline=true only evaluates, but eval.enabled=false; drop one of them")
-        return evaluate_baseline(cfg, run_dir, concept, source, evaluator, plan)
+        return evaluate_baseline(cfg, run_dir, concept, source, method, evaluator, plan)
     frozen = source.load()
-    module = instantiate(cfg.module, _convert_="all")(frozen=frozen, placeholder=concept.placeholder,
-                                                      initializer=cfg.init, seed=cfg.seed)
-    module.identity = identity(cfg, concept, source)  # saved in every checkpoint (textinv.training.resume)
+    module = instantiate(cfg.module, _convert_="all")(frozen=frozen, method=method, seed=cfg.seed)
+    module.identity = identity(cfg, concept, source, method)  # saved in every checkpoint (textinv.training.resume)
     trainer = build_trainer(cfg)
     graceful = GracefulStop()
     meter = CostMeter(plan)
@@ -220,11 +227,11 @@ def _train(cfg: DictConfig) -> Path:
         if isinstance(cb, ValidationLoss):
             cb.meter = meter
     if evaluator is not None or cfg.eval.enabled:
-        # last in the list: EmbeddingWriter writes the embedding first (on_train_end), so a failing final
+        # last in the list: MethodFileWriter writes the method's files first (on_train_end), so a failing final
         # evaluation loses nothing; it writes run.json after the evaluation (on_fit_end)
         trainer.callbacks.append(EvaluationCallback(evaluator.cfg if evaluator else instantiate(cfg.eval, _convert_="all"),
                                                     evaluator, run_dir,
-                                                    {**run_header(cfg, concept, source), "cost": {"plan": plan}},
+                                                    {**run_header(cfg, concept, source, method), "cost": {"plan": plan}},
                                                     meter=meter))
     with confined(run_dir, cfg.eval.get("baseline_cache"), cache_dir("")):  # no write outside the run folder
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

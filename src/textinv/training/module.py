@@ -1,11 +1,12 @@
-"""The LightningModule: a frozen Stable Diffusion and one trainable Parameter (the new word's vectors).
+"""The LightningModule: a frozen Stable Diffusion and a training method's trainable part (textinv.methods).
 
 One training step: cached latent moments (or the VAE encoder, when augmentations change pixels) ->
-sample a latent -> add noise at a uniform timestep -> text encoder(s) on the prompt holding the new
-token -> UNet -> MSE against the noise (or the velocity, for v-prediction models).
-How prompts become the UNet's conditioning, and where the new word lives, is the model family's
-(textinv.models.family: SD 1.x/2.x, or SDXL with two encoders, pooled text embedding and size conditioning).
-Checkpoints hold the vectors, optimizer, LR schedule and step; never the frozen model.
+sample a latent -> add noise at a uniform timestep -> text encoder(s) on the prompt as the method
+rewrites it -> UNet -> MSE against the noise (or the velocity, for v-prediction models).
+How prompts become the UNet's conditioning is the model family's (textinv.models.family: SD 1.x/2.x, or
+SDXL with two encoders, pooled text embedding and size conditioning); what trains, and where it attaches
+to the frozen model, is the method's.
+Checkpoints hold the method's state, optimizer, LR schedule and step; never the frozen model.
 """
 
 from __future__ import annotations
@@ -20,18 +21,18 @@ import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 
 from textinv.errors import NumericalFault, UserError
+from textinv.methods.base import Method
 from textinv.models.frozen_sd import FrozenSD
-from textinv.methods.textual_inversion.placeholder import trainable_vectors
 
 log = logging.getLogger(__name__)
 
 @dataclass
 class OptimConfig:
-    """AdamW on the new vectors. `scale_lr` multiplies lr by batch x accumulation x devices, as the
+    """AdamW on the method's parameters. `scale_lr` multiplies lr by batch x accumulation x devices, as the
     original work did (its 5e-3 base became 0.04 on 2 GPUs x batch 4)."""
 
     lr: float = 5e-4
-    weight_decay: float = 0.0  # >0 pulls the new vectors toward zero: off by default
+    weight_decay: float = 0.0  # >0 pulls the trained weights toward zero: off by default
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     scale_lr: bool = True
@@ -44,44 +45,34 @@ def sample_generator(seed: int, index: int, device: torch.device) -> torch.Gener
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + index) % (2**63 - 1))
 
 
-class TextualInversionModule(L.LightningModule):
-    def __init__(self, frozen: FrozenSD, placeholder: str, initializer: str | None, optim: OptimConfig,
-                 num_vectors: int = 1, init_method: str = "word", seed: int = 0, frozen_dtype: str = "auto"):
+class ConceptModule(L.LightningModule):
+    """Training of one concept: `method` attached to `frozen`; only the method's parameters train."""
+
+    def __init__(self, frozen: FrozenSD, method: Method, optim: OptimConfig, seed: int = 0,
+                 frozen_dtype: str = "auto"):
         super().__init__()
         self.family = frozen.family
-        self.widths = self.family.widths(frozen.text_encoders)  # measured before the placeholder goes in
-        placeholder = self.family.install_placeholder(frozen.tokenizers, frozen.text_encoders, placeholder,
-                                                      num_vectors, initializer, init_method, seed)
+        method.attach(frozen)
         self.frozen = frozen  # a plain attribute: the parts below are what Lightning registers and moves
         self.tokenizer = frozen.tokenizer
         self.text_encoder, self.vae, self.unet = frozen.text_encoder, frozen.vae, frozen.unet
         self.text_encoder_2 = frozen.text_encoder_2  # SDXL's second encoder (None for SD 1.x/2.x)
+        self.method = method  # after the frozen parts: a tensor the method put inside them keeps their name
         self.noise_scheduler = frozen.noise_scheduler
         self.size_conditioning: torch.Tensor | None = None  # [N, 6] per training image (SDXL's time_ids)
-        self.placeholder, self.optim, self.seed, self.frozen_dtype = placeholder, optim, seed, frozen_dtype
+        self.optim, self.seed, self.frozen_dtype = optim, seed, frozen_dtype
         self.model_name = frozen.name
         self.latent_mean: torch.Tensor | None = None  # [N, 2 (plain, flipped), C, h, w]
         self.latent_std: torch.Tensor | None = None
-        self._last_good: torch.Tensor | None = None
-        self.initial_vectors = self.vectors.detach().clone()  # run invariant: every trained row must move
         self.identity: dict = {}  # what checkpoints belong to (textinv.training.resume), set by textinv.training.job
-        self.strict_loading = False  # checkpoints hold only the trainable vectors
-        # DDP: only the vectors are synchronised; frozen weights are identical on every rank already.
+        self.strict_loading = False  # checkpoints hold only the method's state
+        # DDP: only the method's parameters are synchronised; frozen weights are identical on every rank already.
         self._ddp_params_and_buffers_to_ignore = [n for n, p in self.named_parameters() if not p.requires_grad] + [
             n for n, _ in self.named_buffers()]
 
-    @property
-    def vectors(self) -> torch.nn.Parameter:
-        return trainable_vectors(self.text_encoder)
-
-    @property
-    def vectors_key(self) -> str:
-        """The Parameter's state_dict name (the only entry a checkpoint keeps)."""
-        return next(n for n, p in self.named_parameters() if p is self.vectors)
-
     # --- set-up -------------------------------------------------------------------------------
     def _cast_frozen(self) -> None:
-        """On a GPU with mixed precision the frozen weights may sit in half precision; the vectors stay fp32."""
+        """On a GPU with mixed precision the frozen weights may sit in half precision; trained ones stay fp32."""
         if self.device.type != "cuda":
             return
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(self.frozen_dtype)
@@ -92,7 +83,7 @@ class TextualInversionModule(L.LightningModule):
             self.cast_frozen(dtype)
 
     def cast_frozen(self, dtype: torch.dtype) -> None:
-        """Frozen weights to `dtype`; the trainable vectors stay fp32, and so does a VAE that overflows in fp16."""
+        """Frozen weights to `dtype`; the trainable ones stay fp32, and so does a VAE that overflows in fp16."""
         keep = set(map(id, self.vae.parameters())) if self.family.keep_vae_fp32 else set()  # SDXL's VAE: fp16 NaNs
         for p in self.parameters():
             if not p.requires_grad and id(p) not in keep:
@@ -130,7 +121,7 @@ class TextualInversionModule(L.LightningModule):
     # --- the step -----------------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> list[torch.Tensor]:
         """Token ids per tokenizer (one for SD 1.x/2.x, two for SDXL)."""
-        ids = self.family.tokenize(self.frozen.tokenizers, [self.placeholder.expand(p) for p in prompts])
+        ids = self.family.tokenize(self.frozen.tokenizers, [self.method.prompt(p) for p in prompts])
         return [i.to(self.device) for i in ids]
 
     def time_ids(self, images: torch.Tensor) -> torch.Tensor:
@@ -172,22 +163,18 @@ class TextualInversionModule(L.LightningModule):
         return self.family.unet_kwargs(cond, time_ids, self.unet.dtype)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        """Stop on the first non-finite vector (a NaN/inf loss leads there), keeping the last good one.
-        Vectors are synchronised across DDP ranks, so every rank stops together."""
-        vectors = self.vectors.detach()
-        if torch.isfinite(vectors).all():
-            self._last_good = vectors.clone()
+        """Stop on the first non-finite trained weight (a NaN/inf loss leads there); the method keeps its last
+        good state. The parameters are synchronised across DDP ranks, so every rank stops together."""
+        if self.method.keep_if_finite():
             return
-        with torch.no_grad():
-            self.vectors.copy_(self._last_good if self._last_good is not None else torch.nan_to_num(vectors))
         run_dir = Path(self.trainer.default_root_dir)
+        where = run_dir  # rank 0 writes the files
         if self.trainer.is_global_zero:
-            from textinv.runs.layout import write_embedding_files
-            write_embedding_files(run_dir, self, self.global_step, suffix="-last-good")
+            where = self.method.write_files(run_dir, self.global_step, suffix="-last-good")[0]
         loss = outputs["loss"].item() if isinstance(outputs, dict) else float("nan")
         raise NumericalFault(
-            f"training diverged at step {self.global_step} (loss {loss}, non-finite embedding); the last good "
-            f"embedding is in {run_dir}/{self.placeholder.name}-last-good.pt; lower lr= or use trainer.precision=32")
+            f"training diverged at step {self.global_step} (loss {loss}, non-finite trained weights); the last good "
+            f"state is in {where}; lower lr= or use trainer.precision=32")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
@@ -206,7 +193,7 @@ class TextualInversionModule(L.LightningModule):
     def configure_optimizers(self):
         lr = self.effective_lr()
         log.info("learning rate %.3g (base %.3g, scale_lr=%s)", lr, self.optim.lr, self.optim.scale_lr)
-        opt = torch.optim.AdamW([self.vectors], lr=lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
+        opt = torch.optim.AdamW(list(self.method.parameters()), lr=lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
                                 weight_decay=self.optim.weight_decay)
         try:
             sched = get_scheduler(self.optim.schedule, opt, num_warmup_steps=self.optim.warmup_steps,
@@ -215,10 +202,9 @@ class TextualInversionModule(L.LightningModule):
             raise UserError(f"optim.schedule={self.optim.schedule!r}: {err}") from err
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # --- checkpoints: the vectors only ---------------------------------------------------------
+    # --- checkpoints: the method's state only ----------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {self.vectors_key: self.vectors.detach().clone()}
-        checkpoint["placeholder"] = {"token": self.placeholder.token, "tokens": self.placeholder.tokens}
+        checkpoint["state_dict"] = self.method.state()
         checkpoint["model_name"] = self.model_name
         if self.identity:
             from textinv.training.resume import IDENTITY_KEY
@@ -226,8 +212,4 @@ class TextualInversionModule(L.LightningModule):
             checkpoint[IDENTITY_KEY] = dict(self.identity)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("state_dict", {}).get(self.vectors_key)
-        if saved is None or tuple(saved.shape) != tuple(self.vectors.shape):
-            got = None if saved is None else tuple(saved.shape)
-            raise UserError(f"checkpoint holds vectors of shape {got}, this run trains {tuple(self.vectors.shape)}; "
-                            "resume with the same model and module.num_vectors")
+        self.method.load_state(checkpoint.get("state_dict", {}))

@@ -1,7 +1,7 @@
 """Honest resume: a checkpoint records what it belongs to, and a checkpoint of something else is refused.
 
-The identity (placeholder, model, vectors, key hyperparameters) is saved in every checkpoint
-(TextualInversionModule.on_save_checkpoint) and compared here, before any weights load. Policy for a
+The identity (concept word, model, the training method's options, key hyperparameters) is saved in every
+checkpoint (ConceptModule.on_save_checkpoint) and compared here, before any weights load. Policy for a
 hyperparameter that differs on resume: refused (the optimizer state, LR schedule and samples already
 drawn belong to the old value, so "applying" it would be a different run under the old run's name);
 only `steps` may change (training is extended or shortened; logged).
@@ -22,18 +22,21 @@ from textinv.errors import UserError
 log = logging.getLogger(__name__)
 
 IDENTITY_KEY = "textinv_identity"
-# Keys that must match; `steps` is the one allowed to change.
-MUST_MATCH = ("placeholder", "model", "model_location", "num_vectors", "init_method", "initializer", "lr", "seed",
-              "batch_size", "accumulate_grad_batches", "schedule", "warmup_steps", "weight_decay", "scale_lr")
+CHANGEABLE = ("steps",)  # every other key of the identity must match
+# The override that sets each generic key; a method's own keys are `method.<key>`.
+OVERRIDES = {"method": "method", "placeholder": "concept.placeholder", "model": "model", "model_location": "model.path",
+             "initializer": "init", "batch_size": "data.batch_size",
+             "accumulate_grad_batches": "trainer.accumulate_grad_batches", "schedule": "module.optim.schedule",
+             "warmup_steps": "module.optim.warmup_steps", "weight_decay": "module.optim.weight_decay",
+             "scale_lr": "module.optim.scale_lr"}
 
 
-def run_identity(cfg: DictConfig, placeholder: str, model_name: str, model_location: str | None) -> dict:
-    """What a checkpoint of this run belongs to."""
+def run_identity(cfg: DictConfig, word: str, model_name: str, model_location: str | None, method: dict) -> dict:
+    """What a checkpoint of this run belongs to: the concept's word (`placeholder`, the name checkpoints have
+    always used), the model, the training method's identity (Method.identity) and the shared hyperparameters."""
     o = cfg.module.optim
-    return {"placeholder": placeholder, "model": model_name, "model_location": model_location,
-            "num_vectors": int(cfg.module.num_vectors), "init_method": str(cfg.module.init_method),
-            "initializer": None if cfg.module.init_method == "random" else cfg.init, "lr": float(cfg.lr),
-            "seed": int(cfg.seed), "batch_size": int(cfg.data.batch_size),
+    return {"placeholder": word, "model": model_name, "model_location": model_location, **method,
+            "lr": float(cfg.lr), "seed": int(cfg.seed), "batch_size": int(cfg.data.batch_size),
             "accumulate_grad_batches": int(cfg.trainer.accumulate_grad_batches), "schedule": str(o.schedule),
             "warmup_steps": int(o.warmup_steps), "weight_decay": float(o.weight_decay), "scale_lr": bool(o.scale_lr),
             "steps": int(cfg.steps)}
@@ -57,7 +60,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def saved_identity(ckpt: dict) -> dict:
-    """The identity a checkpoint records (older checkpoints: placeholder, model and vector count only)."""
+    """The identity a checkpoint records (checkpoints older than the identity, all textual inversion: the
+    word, the model and the vector count only)."""
     ident = dict(ckpt.get(IDENTITY_KEY) or {})
     if "placeholder" not in ident and isinstance(ckpt.get("placeholder"), dict):
         ident["placeholder"] = ckpt["placeholder"].get("token")
@@ -73,14 +77,9 @@ def saved_identity(ckpt: dict) -> dict:
 def check_resume(path: str | Path, expected: dict) -> None:
     """Refuse a checkpoint of another run (one line naming the first difference); log a changed `steps`."""
     ident = saved_identity(read_checkpoint(path))
-    for key in MUST_MATCH:
-        if key in ident and ident[key] != expected.get(key):
-            override = {"placeholder": "concept.placeholder", "model": "model", "model_location": "model.path",
-                        "num_vectors": "module.num_vectors", "init_method": "module.init_method",
-                        "initializer": "init", "batch_size": "data.batch_size",
-                        "accumulate_grad_batches": "trainer.accumulate_grad_batches",
-                        "schedule": "module.optim.schedule", "warmup_steps": "module.optim.warmup_steps",
-                        "weight_decay": "module.optim.weight_decay", "scale_lr": "module.optim.scale_lr"}.get(key, key)
+    for key in ident:
+        if key not in CHANGEABLE and ident[key] != expected.get(key):
+            override = OVERRIDES.get(key, key if key in ("lr", "seed") else f"method.{key}")
             raise UserError(f"checkpoint {path} belongs to a run with {override}={ident[key]!r}, this run has "
                             f"{override}={expected.get(key)!r}; resume with the same value, or start a new run "
                             "(a new hydra.run.dir=..., without ckpt_path)")

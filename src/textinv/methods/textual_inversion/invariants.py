@@ -14,37 +14,26 @@ from typing import Iterable
 import torch
 
 from textinv.errors import UserError
+from textinv.methods.textual_inversion.placeholder import spell_out, vector_tokens
 
 log = logging.getLogger(__name__)
-
-
-def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
-    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
-
-
-def expand(prompt: str, tokens: list[str]) -> str:
-    import re
-
-    if len(tokens) == 1:
-        return prompt
-    return re.sub(re.escape(tokens[0]) + r"(?!_\d)", " ".join(tokens), prompt)
 
 
 def check_window(tokenizer, token: str, num_vectors: int, prompts: Iterable[str], what: str = "prompt") -> None:
     """Every placeholder id of every prompt must lie inside the window (start token + content + end token)."""
     tok = copy.deepcopy(tokenizer)  # the caller's tokenizer stays without the placeholder
-    tokens = placeholder_tokens(token, num_vectors)
+    tokens = vector_tokens(token, num_vectors)
     tok.add_tokens(tokens)
     ids = set(tok.convert_tokens_to_ids(tokens))
     window = tok.model_max_length  # 77: position 0 is the start token, the last one the end token
     for prompt in dict.fromkeys(prompts):
-        seq = tok(expand(prompt, tokens), add_special_tokens=True, truncation=False).input_ids
+        seq = tok(spell_out(prompt, tokens), add_special_tokens=True, truncation=False).input_ids
         positions = [i for i, t in enumerate(seq) if t in ids]
         if positions and positions[-1] > window - 2:
             shown = prompt if len(prompt) <= 100 else prompt[:97] + "..."
             raise UserError(f"the {what} {shown!r} puts the placeholder at token {positions[-1]}, past the text "
                             f"encoder's {window}-token window (its vector would never train); shorten the caption "
-                            f"or use fewer module.num_vectors (now {num_vectors})")
+                            f"or use fewer method.num_vectors (now {num_vectors})")
 
 
 def unchanged_rows(initial: torch.Tensor | None, final: torch.Tensor) -> list[int]:

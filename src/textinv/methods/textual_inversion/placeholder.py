@@ -23,6 +23,22 @@ from textinv.validation import check_value, safe_name
 log = logging.getLogger(__name__)
 
 
+def vector_tokens(token: str, num_vectors: int) -> list[str]:
+    """The one spelling of a multi-vector word, as diffusers writes it: `<tok>`, `<tok>_1`, `<tok>_2`, ..."""
+    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+
+
+# After a word: not already followed by its vector suffix (`<tok>_1` is left alone when spelling out `<tok>`).
+NOT_SPELLED_OUT = r"(?!_\d)"
+
+
+def spell_out(prompt: str, tokens: list[str]) -> str:
+    """`<tok>` -> `<tok> <tok>_1 <tok>_2` (`tokens` from `vector_tokens`); a one-vector word stays as it is."""
+    if len(tokens) == 1:
+        return prompt
+    return re.sub(re.escape(tokens[0]) + NOT_SPELLED_OUT, " ".join(tokens), prompt)
+
+
 class PlaceholderEmbedding(nn.Module):
     """Drop-in for `nn.Embedding`: ids >= `first_id` read the trainable `vectors`."""
 
@@ -67,10 +83,7 @@ class Placeholder:
 
     def expand(self, prompt: str) -> str:
         """Spell out a multi-vector placeholder the way diffusers does: `<tok> <tok>_1 <tok>_2`."""
-        if self.num_vectors == 1:
-            return prompt
-        pattern = re.escape(self.token) + r"(?!_\d)"
-        return re.sub(pattern, " ".join(self.tokens), prompt)
+        return spell_out(prompt, self.tokens)
 
 
 def check_placeholder(tokenizer: CLIPTokenizer, token: str) -> None:
@@ -90,7 +103,7 @@ def check_placeholder(tokenizer: CLIPTokenizer, token: str) -> None:
 
 def initializer_ids(tokenizer: CLIPTokenizer, word: str | None) -> list[int]:
     if word is None or not str(word).strip():
-        raise UserError("the initializer word is empty; set init=<word> (e.g. init=tree) or module.init_method=random")
+        raise UserError("the initializer word is empty; set init=<word> (e.g. init=tree) or method.init_method=random")
     ids = tokenizer(str(word), add_special_tokens=False).input_ids
     if not ids:
         raise UserError(f"init={word!r} tokenizes to nothing; use a plain word such as init=tree")
@@ -113,7 +126,7 @@ def _start_vector(tokenizer, base: nn.Embedding, initializer: str | None, init_m
         gen = torch.Generator().manual_seed(seed)
         std = base.weight.float().std().item()
         return torch.randn(base.embedding_dim, generator=gen) * std
-    raise UserError(f"module.init_method={init_method!r} is unknown; use word or random")
+    raise UserError(f"method.init_method={init_method!r} is unknown; use word or random")
 
 
 def install_placeholder(tokenizers: list, text_encoders: list, token: str, num_vectors: int = 1,
@@ -124,7 +137,7 @@ def install_placeholder(tokenizers: list, text_encoders: list, token: str, num_v
     across the tokenizers (they share CLIP's vocabulary), so prompts tokenize alike in each.
     """
     if num_vectors < 1:
-        raise UserError(f"module.num_vectors={num_vectors} must be >= 1")
+        raise UserError(f"method.num_vectors={num_vectors} must be >= 1")
     for tokenizer in tokenizers:
         check_placeholder(tokenizer, token)
     bases = [enc.get_input_embeddings() for enc in text_encoders]
@@ -133,7 +146,7 @@ def install_placeholder(tokenizers: list, text_encoders: list, token: str, num_v
     starts = [_start_vector(tok, base, initializer, init_method, seed + k)
               for k, (tok, base) in enumerate(zip(tokenizers, bases))]
 
-    tokens = [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+    tokens = vector_tokens(token, num_vectors)
     token_ids = None
     for tokenizer, base in zip(tokenizers, bases):
         added = tokenizer.add_tokens(tokens)

@@ -1,9 +1,10 @@
 """Model families: everything that differs between Stable Diffusion 1.x/2.x and SDXL, behind one interface.
 
-A family knows how to load its parts (tokenizers, text encoders), where the new word's vectors live, how
-a prompt becomes the UNet's conditioning (`encoder_hidden_states`, and SDXL's `added_cond_kwargs`),
-which diffusers pipeline samples from it, and which embedding files it reads and writes. The module,
-the generator, evaluation and the run files ask the family; none of them branches on the model.
+A family knows how to load its parts (tokenizers, text encoders), how wide its text encoders are, how a
+prompt becomes the UNet's conditioning (`encoder_hidden_states`, and SDXL's `added_cond_kwargs`) and
+which diffusers pipeline samples from it. The module, the generator and evaluation ask the family; none of
+them branches on the model. What a training method does per family (textual inversion's files) is the
+method's (textinv.methods.textual_inversion.families).
 
     sd.py    SD 1.x / 2.x: one CLIP text encoder (768 or 1024 wide)
     sdxl.py  SDXL: CLIP ViT-L (768) + OpenCLIP ViT-bigG (1280), pooled projection and size conditioning

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
-
-from textinv.methods.textual_inversion.placeholder import Placeholder, install_placeholder
 
 
 @dataclass
@@ -71,19 +68,10 @@ class ModelFamily:
         """(text_encoders, vae, unet) of `archs[arch]` with seeded random weights."""
         raise NotImplementedError
 
-    # --- the new word ------------------------------------------------------------------------
-    def install_placeholder(self, tokenizers: list, text_encoders: list, token: str, num_vectors: int,
-                            initializer: str | None, init_method: str, seed: int) -> Placeholder:
-        """One Parameter [num_vectors, sum of the encoders' widths]; each encoder reads its columns."""
-        return install_placeholder(tokenizers, text_encoders, token, num_vectors, initializer, init_method, seed)
-
     @staticmethod
     def widths(text_encoders: list) -> tuple[int, ...]:
+        """Each text encoder's token width, in `parts` order (SD 1.x: 768; SDXL: 768, 1280)."""
         return tuple(int(e.get_input_embeddings().weight.shape[-1]) for e in text_encoders)
-
-    def split(self, vectors: torch.Tensor, widths: Sequence[int]) -> list[torch.Tensor]:
-        """The word's vectors per text encoder, in `parts` order."""
-        return list(torch.split(vectors, list(widths), dim=-1))
 
     # --- prompts -> UNet conditioning ---------------------------------------------------------
     @staticmethod
@@ -107,18 +95,4 @@ class ModelFamily:
         raise NotImplementedError
 
     def pipe_inputs(self, cond: PromptEncoding, uncond: PromptEncoding) -> dict:
-        raise NotImplementedError
-
-    def register_embeddings(self, pipe, loaded: list, names: list[str], tokenizers: list, text_encoders: list) -> None:
-        """diffusers' `load_textual_inversion`, fed tensors (it never opens a file itself)."""
-        raise NotImplementedError
-
-    # --- files -----------------------------------------------------------------------------------
-    def read_embedding(self, path: str | Path, widths: Sequence[int] | None = None):
-        """A `formats.LoadedEmbedding` usable by this family; a file for another family is refused."""
-        raise NotImplementedError
-
-    def write_files(self, folder: Path, placeholder: Placeholder, vectors: torch.Tensor, widths: Sequence[int],
-                    step: int, model_name: str, suffix: str = "") -> list[Path]:
-        """The run's embedding files (README "Using the embedding in other tools"); the root file first."""
         raise NotImplementedError

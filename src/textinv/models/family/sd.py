@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
-
 import torch
 
 from textinv.models.family.base import ModelFamily, PromptEncoding
@@ -59,21 +56,6 @@ class SDFamily(ModelFamily):
 
     def pipe_inputs(self, cond: PromptEncoding, uncond: PromptEncoding) -> dict:
         return {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}
-
-    def register_embeddings(self, pipe, loaded: list, names: list[str], tokenizers: list, text_encoders: list) -> None:
-        pipe.load_textual_inversion([e.vectors for e in loaded], token=names, tokenizer=tokenizers[0],
-                                    text_encoder=text_encoders[0])
-
-    def read_embedding(self, path, widths: Sequence[int] | None = None):
-        from textinv.methods.textual_inversion.formats import load_embedding
-
-        return load_embedding(path, widths[0] if widths else None)
-
-    def write_files(self, folder: Path, placeholder, vectors: torch.Tensor, widths, step: int, model_name: str,
-                    suffix: str = "") -> list[Path]:
-        from textinv.runs.layout import write_sd_files
-
-        return write_sd_files(folder, placeholder, vectors, step, model_name, suffix)
 
 
 SD = SDFamily()

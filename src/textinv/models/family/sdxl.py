@@ -16,12 +16,8 @@ As the SDXL paper and diffusers' `textual_inversion_sdxl.py` do:
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
-
 import torch
 
-from textinv.errors import UserError
 from textinv.models.family.base import ModelFamily, PromptEncoding
 
 VOCAB = 49408
@@ -138,30 +134,6 @@ class SDXLFamily(ModelFamily):
     def pipe_inputs(self, cond: PromptEncoding, uncond: PromptEncoding) -> dict:
         return {"prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.pooled,
                 "negative_prompt_embeds": uncond.embeds, "negative_pooled_prompt_embeds": uncond.pooled}
-
-    def register_embeddings(self, pipe, loaded: list, names: list[str], tokenizers: list, text_encoders: list) -> None:
-        # diffusers keeps one encoder per call: clip_l into text_encoder, clip_g into text_encoder_2
-        for k, (tok, enc) in enumerate(zip(tokenizers, text_encoders)):
-            pipe.load_textual_inversion([e.vectors if k == 0 else e.vectors_g for e in loaded], token=names,
-                                        tokenizer=tok, text_encoder=enc)
-
-    # --- files -----------------------------------------------------------------------------------
-    def read_embedding(self, path, widths: Sequence[int] | None = None):
-        from textinv.methods.textual_inversion.formats import read_sdxl_embedding
-
-        emb = read_sdxl_embedding(path)
-        for key, vectors, width in zip(FILE_KEYS, (emb.vectors, emb.vectors_g), widths or (None, None)):
-            if width is not None and vectors.shape[1] != width:
-                raise UserError(f"{emb.path}: the {key} half is {vectors.shape[1]} wide, this model's encoder is "
-                                f"{width}; it was trained for another model (SDXL: clip_l 768, clip_g 1280)")
-        return emb
-
-    def write_files(self, folder: Path, placeholder, vectors: torch.Tensor, widths, step: int, model_name: str,
-                    suffix: str = "") -> list[Path]:
-        from textinv.runs.layout import write_sdxl_files
-
-        clip_l, clip_g = self.split(vectors, widths)
-        return write_sdxl_files(folder, placeholder, clip_l, clip_g, suffix)
 
 
 def fix_end_token(encoder) -> None:
