@@ -29,6 +29,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from textinv.models.clip_tokenizer import VOCAB_SIZE
 from textinv.errors import UserError
+from textinv.utils.offline import hub_offline
 
 log = logging.getLogger(__name__)
 # diffusers still passes this deprecated argument to huggingface_hub; the warning says nothing to users.
@@ -199,7 +200,7 @@ class ModelSource:
 
     def _pretrained(self, cls, part: str, **kw):
         location = self._location()
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_offline()
         try:
             return cls.from_pretrained(location, subfolder=part, revision=self.revision,
                                        local_files_only=offline or bool(self.path), **kw)
@@ -210,7 +211,7 @@ class ModelSource:
 
     def _config(self, cls, part: str) -> dict:
         location = self._location()
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_offline()
         try:
             return dict(cls.load_config(location, subfolder=part, revision=self.revision,
                                         local_files_only=offline or bool(self.path)))
@@ -218,7 +219,7 @@ class ModelSource:
             raise self._not_found(part, err) from err
 
     def _text_width(self, part: str) -> int:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_offline()
         try:
             return int(CLIPTextConfig.from_pretrained(self._location(), subfolder=part, revision=self.revision,
                                                       local_files_only=offline or bool(self.path)).hidden_size)
