@@ -24,6 +24,7 @@ from textinv.data.datamodule import Concept, ConceptDataModule
 from textinv.errors import Interrupted, UserError
 from textinv.training.cost import CostMeter
 from textinv.training.validation_loss import ValidationLoss
+from textinv.training.module import check_prediction_type
 from textinv.evaluation.callback import EvaluationCallback, log_evaluation
 from textinv.evaluation.plan import make_plan
 from textinv.evaluation.evaluator import EvalConfig, Evaluator, baseline_cache_key, image_folder_name, save_images, write_metrics
@@ -84,7 +85,10 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     source: ModelSource = instantiate(cfg.model)
     datamodule: ConceptDataModule = instantiate(cfg.data, _partial_=True, _convert_="all")(concept=concept)
     datamodule.load()
-    check_resolution(cfg.data.resolution, source.info().resolution_multiple)
+    info = source.info()
+    check_resolution(cfg.data.resolution, info.resolution_multiple)
+    if not cfg.baseline:  # the baseline only samples; training needs a loss target it knows
+        check_prediction_type(source.name, info.prediction_type)
     tokenizer = source.load_tokenizer()
     check_placeholder(tokenizer, concept.placeholder)
     if cfg.module.init_method == "word" or cfg.baseline:
