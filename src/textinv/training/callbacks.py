@@ -15,11 +15,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from textinv.utils.atomic import atomic_path, atomic_write_text
 from textinv.methods.textual_inversion.invariants import report_unchanged, unchanged_rows
-from textinv.runs.layout import write_embedding_files
+from textinv.runs.layout import LAST_CHECKPOINT, finished_marker, snapshot_suffix, snapshots_dir, write_embedding_files
 
 log = logging.getLogger(__name__)
-
-FINISHED_MARKER = "run.json"
 
 
 class EmbeddingWriter(L.Callback):
@@ -37,7 +35,7 @@ class EmbeddingWriter(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if trainer.is_global_zero and self._due(step):
-            write_embedding_files(self.run_dir / "snapshots", pl_module, step, suffix=f"-step{step:06d}")
+            write_embedding_files(snapshots_dir(self.run_dir), pl_module, step, suffix=snapshot_suffix(step))
             self._last_written = step
 
     def _finished(self, trainer) -> bool:
@@ -83,7 +81,7 @@ class EmbeddingWriter(L.Callback):
                 summary["cost"] = cb.summary()  # planned and spent: time and UNet forwards
             if isinstance(cb, ValidationLoss) and cb.enabled:
                 summary["validation_loss"] = cb.summary()
-        atomic_write_text(self.run_dir / FINISHED_MARKER, json.dumps(summary, indent=2))  # written last
+        atomic_write_text(finished_marker(self.run_dir), json.dumps(summary, indent=2))  # written last
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -129,6 +127,6 @@ class GracefulStop(L.Callback):
         if not stop:
             return
         ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
-        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        trainer.save_checkpoint(ckpt_dir / LAST_CHECKPOINT)
         trainer.should_stop = True
         self.signum = self.signum or signal.SIGTERM
