@@ -9,7 +9,7 @@ encoders, conditioning) is asked of the model's family (textinv.models.family):
 - `tiny`: random weights, tiny UNet/VAE/text encoder built in code with the real CLIP tokenizer;
 - `sd15_arch`: the SD 1.5 architecture with random weights (real speed and memory, no download);
 - `sdxl_arch`, `sdxl_tiny`: SDXL base 1.0's architecture / a tiny SDXL-shaped model, random weights
-  (textinv.models.family.sdxl.SDXL_ARCHS).
+  (every random architecture: textinv.models.random_weights).
 The tokenizer and configs load without the big weights, so bad input is caught before they load.
 """
 
@@ -27,7 +27,6 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from textinv.models.clip_tokenizer import VOCAB_SIZE
 from textinv.errors import UserError
 from textinv.utils.offline import hub_offline
 
@@ -40,47 +39,6 @@ SD_SCHEDULE = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, steps_offset=1,
 )
-
-ARCHS: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": dict(
-        unet=dict(
-            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-            attention_head_dim=4, norm_num_groups=8,
-        ),
-        vae=dict(
-            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-            block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=32,
-        ),
-        text=dict(
-            vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
-            projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        ),
-    ),
-    "sd15_arch": dict(
-        unet=dict(
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
-        ),
-        vae=dict(
-            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=512,
-        ),
-        text=dict(
-            vocab_size=VOCAB_SIZE, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-            projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        ),
-    ),
-}
-
 
 @dataclass
 class FrozenSD:
@@ -286,14 +244,3 @@ class ModelSource:
         second = (tokenizers[1], encoders[1]) if len(encoders) > 1 else (None, None)
         return FrozenSD(tokenizers[0], encoders[0], vae, unet, scheduler, self.name, family.name, *second).freeze()
 
-
-def build_random(arch_name: str, seed: int = 0, prediction_type: str | None = None):
-    """The named architecture with random (seeded, so reproducible) weights."""
-    arch = ARCHS[arch_name]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**arch["text"]))
-        vae = AutoencoderKL(**arch["vae"])
-        unet = UNet2DConditionModel(**arch["unet"])
-    scheduler = DDPMScheduler(**SD_SCHEDULE, prediction_type=prediction_type or "epsilon")
-    return text_encoder, vae, unet, scheduler
