@@ -64,7 +64,7 @@ def test_fixed_attributes_are_kept_and_the_rest_varies():
 
 @pytest.fixture(scope="module")
 def classifier():
-    from textinv.toyworld.export import load_classifier
+    from textinv.toyworld.models import load_classifier
 
     return load_classifier(TOYWORLD_CLASSIFIER)
 
@@ -77,7 +77,7 @@ def test_draw_command_writes_a_concept_set_the_classifier_recognises(tmp_path, c
     assert proc.returncode == 0, proc.stderr
     files = sorted(out.glob("*.png"))
     assert [f.name for f in files] == ["00.png", "01.png", "02.png", "03.png"]
-    from textinv.toyworld.report import pil_to_unit
+    from textinv.toyworld.models import pil_to_unit
 
     pred = classifier.predict(pil_to_unit([Image.open(f) for f in files]))
     assert pred["shape"] == ["star"] * 4 and pred["color"] == ["red"] * 4 and pred["background"] == ["white"] * 4

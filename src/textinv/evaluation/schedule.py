@@ -9,15 +9,12 @@ or full when eval.light is off); at the last step (max_steps, or an early stop) 
 eval.at_end or the step is due anyway. A baseline run evaluates once, at step 0, as a last step.
 The training callback (textinv.evaluation.callback) asks `protocols_at` step by step; the plan
 (textinv.evaluation.plan) lists `evaluation_schedule` ahead; both read the same rules here.
+`ev` below is an eval config (textinv.evaluation.evaluator.EvalConfig, which imports this module).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # type hints only: this module stays free of the scorers' imports
-    from textinv.evaluation.evaluator import EvalConfig
 
 FULL, LIGHT = "full", "light"
 
@@ -37,7 +34,7 @@ def protocol_of(evaluation: dict) -> str:
     return str(evaluation.get("protocol") or FULL)
 
 
-def protocols(ev: EvalConfig, final: bool) -> list[Protocol]:
+def protocols(ev, final: bool) -> list[Protocol]:
     """Protocols of one evaluation: during training light (else full); the final step light (for the
     steps curve) and then full (for the table)."""
     light = ev.light_protocol
@@ -46,12 +43,12 @@ def protocols(ev: EvalConfig, final: bool) -> list[Protocol]:
     return [light, ev.full] if final else [light]
 
 
-def due(ev: EvalConfig, step: int) -> bool:
+def due(ev, step: int) -> bool:
     """A step evaluated during training: in eval.at_steps, or a positive multiple of eval.every_n_steps."""
     return step in ev.at_steps or (ev.every_n_steps > 0 and step > 0 and step % ev.every_n_steps == 0)
 
 
-def protocols_at(ev: EvalConfig, step: int, final: bool) -> list[Protocol]:
+def protocols_at(ev, step: int, final: bool) -> list[Protocol]:
     """What to evaluate at `step` ([] for nothing); `final`: the run's last step."""
     if not ev.enabled:
         return []
@@ -60,7 +57,7 @@ def protocols_at(ev: EvalConfig, step: int, final: bool) -> list[Protocol]:
     return protocols(ev, final=False) if due(ev, step) else []
 
 
-def evaluation_schedule(ev: EvalConfig, steps: int, baseline: bool = False) -> list[tuple[int, list[Protocol]]]:
+def evaluation_schedule(ev, steps: int, baseline: bool = False) -> list[tuple[int, list[Protocol]]]:
     """(step, protocols) of every evaluation a run of `steps` steps makes, in order."""
     if not ev.enabled:
         return []

@@ -54,7 +54,7 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
 
 def classify(classifier, images: list[Image.Image]) -> dict[str, list[str]] | None:
     """The classifier's reading of each image, per attribute (None for no images)."""
-    from textinv.toyworld.report import pil_to_unit
+    from textinv.toyworld.models import pil_to_unit
 
     return classifier.predict(pil_to_unit(images)) if images else None
 

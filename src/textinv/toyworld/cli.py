@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         from textinv.toyworld import TOYWORLD_CLASSIFIER
         from textinv.toyworld.attributes import format_attributes, run_attributes
         from textinv.runs.layout import CONFIG_FILE, config_file
-        from textinv.toyworld.export import load_classifier
+        from textinv.toyworld.models import load_classifier
 
         classifier = load_classifier(TOYWORLD_CLASSIFIER)
         for run in args.runs:
