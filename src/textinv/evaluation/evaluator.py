@@ -48,6 +48,11 @@ class ClipConfig:
     arch: str = "ViT-B-32"
     weights: str = "openai"  # open_clip tag (from its cache), a local file, or "random" (tests/demo only)
 
+    def scorer_arch(self) -> str:
+        """What ClipScorer loads: `arch` (an open_clip name or local-dir:<folder>). A `_target_` subclass may
+        load a folder of its own under a short recorded name (the miniature world's WorldClip)."""
+        return self.arch
+
 
 @dataclass
 class FidConfig:
@@ -142,10 +147,9 @@ class Evaluator:
         self.reconstruction, self.edits = evaluation_prompts(cfg, kind, concept_prompts)
         self.train_images = train_images
         weights = None if cfg.clip.weights == "random" else cfg.clip.weights
-        if cfg.clip.weights == "random" or (weights is None and cfg.clip.arch != "toyworld"
-                                            and not cfg.clip.arch.startswith("local-dir:")):
+        if cfg.clip.weights == "random" or (weights is None and not cfg.clip.scorer_arch().startswith("local-dir:")):
             log.warning("eval.clip.weights=random: CLIP has random weights, CLIP-I/CLIP-T mean nothing")
-        self.clip = ClipScorer(cfg.clip.arch, weights, device=device)
+        self.clip = ClipScorer(cfg.clip.scorer_arch(), weights, device=device)
         self.train_clip = self.clip.image_embeddings(train_images)
         self.inception = self.train_inception = None
         if cfg.fid.enabled:

@@ -137,10 +137,6 @@ class ClipScorer:
         import open_clip
 
         weights = None if weights is None else str(weights)
-        if arch == "toyworld":  # the miniature world's CLIP, shipped with the project (textinv.toyworld)
-            from textinv.toyworld import TOYWORLD_CLIP
-
-            arch = f"local-dir:{TOYWORLD_CLIP}"
         if arch.startswith("local-dir:"):  # a whole open_clip model folder: config + weights, nothing to pick
             folder = Path(arch[len("local-dir:"):]).expanduser()
             if not (folder / "open_clip_config.json").is_file():

@@ -4,8 +4,8 @@ Sources share one interface (`ModelSource`); what differs between SD 1.x/2.x and
 encoders, conditioning) is asked of the model's family (textinv.models.family):
 - `hub`:  a diffusers-layout model, from `path` (a local folder) or `hub_id` (the local HF cache, or a
           download where the network allows it);
-- `toy`:  the pretrained miniature world shipped with the project (textinv.toyworld): a diffusers
-          folder loaded exactly like `hub` with `path`, so it exercises the real loading code;
+- `toy`:  the pretrained miniature world shipped with the project: a diffusers folder loaded exactly
+          like `hub` with `path` (model=toy's `_target_` is textinv.toyworld.plugins.model_source);
 - `tiny`: random weights, tiny UNet/VAE/text encoder built in code with the real CLIP tokenizer;
 - `sd15_arch`: the SD 1.5 architecture with random weights (real speed and memory, no download);
 - `sdxl_arch`, `sdxl_tiny`: SDXL base 1.0's architecture / a tiny SDXL-shaped model, random weights
@@ -104,14 +104,10 @@ class ModelSource:
         from textinv.models.family import FAMILIES, get_family
 
         archs = {arch: fam for fam in FAMILIES.values() for arch in fam.archs}
-        if source not in ("hub", "toy", *archs):
-            raise UserError(f"model.source={source!r} is unknown; use one of hub, toy, {', '.join(archs)}")
+        if source not in ("hub", *archs):
+            raise UserError(f"model.source={source!r} is unknown; use one of hub, {', '.join(archs)} (or model=toy)")
         self._family = get_family(family) if family else archs.get(source)
         self.resolution = resolution  # the model's native size (data.resolution follows it); None: from configs
-        if source == "toy":  # a real diffusers folder that ships with the project: the hub code path
-            from textinv.toyworld import TOYWORLD_SD
-
-            source, path = "hub", path or str(TOYWORLD_SD)
         self.source, self.hub_id, self.revision, self.seed = source, hub_id, revision, seed
         self.path = str(Path(path).expanduser()) if path else None
         self.prediction_type = prediction_type
