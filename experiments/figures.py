@@ -30,7 +30,8 @@ from textinv.utils.atomic import atomic_write, atomic_write_text
 from textinv.cli import exit_on_user_error, out_folder, script_logging
 from textinv.errors import UserError
 from textinv.runs.report import fmt
-from textinv.runs.results import BASELINE_ROW, FULL, LIGHT, TI_ROW, RunResult, curve_protocol, find_run_dirs, load_run
+from textinv.evaluation.schedule import FULL, LIGHT
+from textinv.runs.results import BASELINE_ROW, TI_ROW, RunResult, curve_protocol, find_run_dirs, load_run
 
 log = logging.getLogger("textinv.figures")
 

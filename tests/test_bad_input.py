@@ -39,6 +39,7 @@ CASES = {
     "missing model folder": (lambda t, d: d, ["model=sd15", "model.path=/nonexistent/sd"], "not a diffusers model folder"),
     "no cached hub weights": (lambda t, d: d, ["model=sd15"], "stable-diffusion-v1-5/stable-diffusion-v1-5"),
     "missing ckpt": (lambda t, d: d, ["ckpt_path=/nonexistent.ckpt"], "does not exist"),
+    "sample prediction": (lambda t, d: d, ["model.prediction_type=sample"], "model tiny predicts 'sample'"),
 }
 
 

@@ -44,7 +44,7 @@ def learned(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     from textinv.toyworld import TOYWORLD_CLASSIFIER
     from textinv.toyworld.attributes import run_attributes
-    from textinv.toyworld.export import load_classifier
+    from textinv.toyworld.models import load_classifier
 
     evaluations = json.loads((run / "eval" / "metrics.json").read_text())["evaluations"]
     by_step = {e["step"]: e for e in evaluations}

@@ -228,7 +228,10 @@ def test_figures_bad_input_is_one_line_exit_2(runs, tmp_path, capsys, argv, mess
 
 
 def test_finished_marker_matches_the_trainer():
-    from textinv.training.callbacks import FINISHED_MARKER
+    """One name, in textinv.runs.layout, for the trainer that writes the marker and the tables that read it."""
+    import textinv.training.callbacks as writer
+    from textinv.runs import layout
     from textinv.runs.results import FINISHED_MARKER as READ
 
-    assert READ == FINISHED_MARKER
+    assert READ is layout.FINISHED_MARKER == "run.json"
+    assert not hasattr(writer, "FINISHED_MARKER") and writer.finished_marker is layout.finished_marker

@@ -64,7 +64,7 @@ def test_fixed_attributes_are_kept_and_the_rest_varies():
 
 @pytest.fixture(scope="module")
 def classifier():
-    from textinv.toyworld.export import load_classifier
+    from textinv.toyworld.models import load_classifier
 
     return load_classifier(TOYWORLD_CLASSIFIER)
 
@@ -77,7 +77,7 @@ def test_draw_command_writes_a_concept_set_the_classifier_recognises(tmp_path, c
     assert proc.returncode == 0, proc.stderr
     files = sorted(out.glob("*.png"))
     assert [f.name for f in files] == ["00.png", "01.png", "02.png", "03.png"]
-    from textinv.toyworld.report import pil_to_unit
+    from textinv.toyworld.models import pil_to_unit
 
     pred = classifier.predict(pil_to_unit([Image.open(f) for f in files]))
     assert pred["shape"] == ["star"] * 4 and pred["color"] == ["red"] * 4 and pred["background"] == ["white"] * 4
@@ -107,9 +107,9 @@ def test_the_default_recipe_is_the_one_the_shipped_weights_were_trained_with():
 def test_model_toy_loads_through_the_diffusers_folder_code_path():
     from diffusers import UNet2DConditionModel
 
-    from textinv.models.frozen_sd import ModelSource
+    from textinv.toyworld.plugins import model_source
 
-    source = ModelSource("toy")
+    source = model_source()  # model=toy's _target_
     assert source.source == "hub" and Path(source.path) == TOYWORLD_SD  # the same path as model.path=...
     info = source.info()
     assert (info.hidden_dim, info.vae_scale_factor, info.prediction_type) == (64, 4, "epsilon")
@@ -124,7 +124,9 @@ def test_model_toy_loads_through_the_diffusers_folder_code_path():
 def test_world_clip_scores_matching_captions_above_others():
     from textinv.evaluation.metrics import ClipScorer
 
-    scorer = ClipScorer("toyworld", None)
+    from textinv.toyworld.plugins import WorldClip
+
+    scorer = ClipScorer(WorldClip().scorer_arch(), None)  # experiment=toyworld's eval.clip
     assert scorer.arch == f"local-dir:{TOYWORLD_CLIP}"
     images = [render(sample_scene(rng_for(9, i, 0), shape="circle", color=c, background="white", style="filled",
                                   size="large")) for i, c in enumerate(("red", "blue", "yellow"))]
@@ -162,11 +164,12 @@ def test_pretraining_in_pieces_gives_the_same_weights_as_one_go(tmp_path):
 def test_a_drawn_concept_is_redrawn_from_its_current_spec_and_a_users_folder_is_never_touched(tmp_path, monkeypatch):
     """A changed `draw:` spec (or renderer) must not train on the old pictures left in data/concepts/."""
     from textinv.data.datamodule import Concept, ConceptDataModule
+    from textinv.toyworld.draw import draw_concept
 
     monkeypatch.chdir(tmp_path)
 
     def loaded(draw):
-        dm = ConceptDataModule(Concept("toy_x", "<x>", "shape", draw=draw), resolution=64)
+        dm = ConceptDataModule(Concept("toy_x", "<x>", "shape", draw=draw, drawer=draw_concept), resolution=64)
         dm.load()
         return [np.asarray(img) for img in dm.images]
 
@@ -180,6 +183,7 @@ def test_a_drawn_concept_is_redrawn_from_its_current_spec_and_a_users_folder_is_
     mine = tmp_path / "data/concepts/toy_mine"
     mine.mkdir(parents=True)
     Image.new("RGB", (64, 64), "red").save(mine / "photo.png")
-    dm = ConceptDataModule(Concept("toy_mine", "<m>", "shape", draw={"shape": "star"}), resolution=64)
+    dm = ConceptDataModule(Concept("toy_mine", "<m>", "shape", draw={"shape": "star"}, drawer=draw_concept),
+                           resolution=64)
     dm.load()
     assert [p.name for p in mine.iterdir()] == ["photo.png"] and len(dm.images) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import numpy as np
@@ -21,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from textinv.data.demo_concept import synthesize_demo_concept
 from textinv.errors import UserError
-from textinv.data.images import list_image_files, load_concept_images, original_size, read_caption
+from textinv.data.images import DRAWN_RECORD, list_image_files, load_concept_images, original_size, read_caption
 from textinv.data.templates import TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,19 @@ class Concept:
     data_dir: str = ""
     prompts: list[str] = field(default_factory=list)  # evaluation prompts, `{}` = the placeholder
     synthesize: bool = False  # draw the images into the default folder on first use (the demo concept)
-    draw: dict | None = None  # a miniature-world concept: textinv.toyworld.draw_concept arguments (implies synthesize)
+    draw: dict | None = None  # a drawn concept's spec: `drawer`'s arguments (implies synthesize)
+    # draws `draw` into a folder, drawer(folder, **draw): a `_target_` with `_partial_: true` in the concept's
+    # config (the miniature world's textinv.toyworld.draw.draw_concept), so the core never imports the world
+    drawer: Callable | None = None
 
     def __post_init__(self):
         if self.kind not in TEMPLATES:
             raise UserError(f"concept.kind={self.kind!r} is unknown; use object or style")
         if not self.data_dir:
             self.data_dir = self.default_dir
+        if self.draw is not None and not callable(self.drawer):
+            raise UserError(f"concept {self.name} has a draw: spec but no drawer to draw it; add "
+                            "drawer: {_target_: textinv.toyworld.draw.draw_concept, _partial_: true}")
 
     @property
     def default_dir(self) -> str:
@@ -55,8 +62,6 @@ class Concept:
         """Only into the default folder: a mistyped concept.data_dir must fail, not fill up with drawings.
         An empty folder is filled; one drawn from a `draw:` spec before is drawn again (cheap, and the spec
         or the world's renderer may have changed since)."""
-        from textinv.toyworld.draw import DRAWN_RECORD
-
         folder = self.folder
         return ((self.synthesize or self.draw is not None) and folder.resolve() == Path(self.default_dir).resolve()
                 and (not folder.exists() or not any(folder.iterdir())
@@ -194,9 +199,7 @@ class ConceptDataModule(L.LightningDataModule):
         if self.concept.should_synthesize:
             log.info("drawing the %s concept's images into %s", self.concept.name, folder)
             if self.concept.draw is not None:
-                from textinv.toyworld.draw import draw_concept
-
-                draw_concept(folder, **self.concept.draw)
+                self.concept.drawer(folder, **self.concept.draw)
             else:
                 synthesize_demo_concept(folder)
         list_image_files(folder)  # clear error for a missing/empty folder

@@ -13,6 +13,10 @@ from textinv.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Marks a folder as drawn by a concept's `drawer` (hidden: not a concept image). Such a folder is redrawn on
+# every use, so a changed `draw:` spec or renderer never trains on stale pictures; a folder without it is
+# never touched.
+DRAWN_RECORD = ".drawn.json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".mpo", ".bmp", ".gif", ".tif", ".tiff"}
 SIDE_FILES = {".txt", ".json", ".md", ".yaml", ".yml", ".csv"}  # captions and notes beside images: not images
 

@@ -10,11 +10,9 @@ then
 The baseline ("SD" row) uses the same prompts and seeds with the initializer word in place of S*;
 its images do not depend on training, so they are cached on disk and reused across a sweep.
 
-Two protocols (`Protocol`): `full` is the original one (N = 64 images per prompt, DDIM 50, eta 0,
-guidance 5.0) and scores every run's final evaluation, the one tables read; `light` (eval.light: fewer
-images per prompt, DDIM with 20 steps) scores the evaluations during training, and the final step
-too, so that a steps curve has one protocol throughout. Seeds, guidance and prompts are the same in both;
-each evaluation record carries its protocol and settings.
+Two protocols (textinv.evaluation.schedule, with when each runs): `full` is the original one (N = 64
+images per prompt, DDIM 50, eta 0, guidance 5.0); `light` (eval.light: fewer images per prompt, DDIM with
+20 steps). Each evaluation record carries its protocol and settings.
 """
 
 from __future__ import annotations
@@ -30,6 +28,8 @@ from PIL import Image
 
 from textinv.utils.atomic import atomic_write, atomic_write_text
 from textinv.errors import UserError
+from textinv.evaluation.schedule import FULL, LIGHT, Protocol, protocol_of
+from textinv.runs.layout import PROMPTS_FILE, image_name
 from textinv.evaluation.metrics import (CLIP_T_TEXTS, ClipScorer, DinoScorer, clip_i, clip_t, dino_similarity, inception_features,
                       inception_scores, load_inception, placeholder_free_text)
 
@@ -47,6 +47,11 @@ ORIGINAL_EDIT_PROMPTS = {
 class ClipConfig:
     arch: str = "ViT-B-32"
     weights: str = "openai"  # open_clip tag (from its cache), a local file, or "random" (tests/demo only)
+
+    def scorer_arch(self) -> str:
+        """What ClipScorer loads: `arch` (an open_clip name or local-dir:<folder>). A `_target_` subclass may
+        load a folder of its own under a short recorded name (the miniature world's WorldClip)."""
+        return self.arch
 
 
 @dataclass
@@ -73,17 +78,6 @@ class LightConfig:
     scheduler: str = "ddim"  # measured closest to DDIM 50 among 20-step samplers (experiments/light_protocol.py)
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """What one evaluation generates: images per prompt, sampler and its steps (seeds/guidance are shared)."""
-
-    name: str  # full | light
-    num_images: int
-    sampler_steps: int
-    scheduler: str
-
-
-FULL, LIGHT = "full", "light"
 def clip_t_text(template: str, mode: str = "original") -> str:
     """The CLIP-T text of a template ({} = the concept's word): see metrics.placeholder_free_text."""
     return placeholder_free_text(template, "{}", mode)
@@ -132,17 +126,6 @@ class EvalConfig:
         lt = self.light
         return Protocol(LIGHT, lt.num_images, lt.sampler_steps, lt.scheduler) if lt.enabled else None
 
-    def protocols(self, final: bool) -> list[Protocol]:
-        """Protocols of one evaluation: during training light (else full); the final step light (for the
-        steps curve) and then full (for the table)."""
-        light = self.light_protocol
-        if light is None:
-            return [self.full]
-        return [light, self.full] if final else [light]
-
-    def due(self, step: int) -> bool:
-        return step in self.at_steps or (self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0)
-
 
 def evaluation_prompts(cfg: EvalConfig, kind: str, concept_prompts: list[str]) -> tuple[str, list[str]]:
     """(reconstruction template, editability templates); `{}` marks the concept's word."""
@@ -164,10 +147,9 @@ class Evaluator:
         self.reconstruction, self.edits = evaluation_prompts(cfg, kind, concept_prompts)
         self.train_images = train_images
         weights = None if cfg.clip.weights == "random" else cfg.clip.weights
-        if cfg.clip.weights == "random" or (weights is None and cfg.clip.arch != "toyworld"
-                                            and not cfg.clip.arch.startswith("local-dir:")):
+        if cfg.clip.weights == "random" or (weights is None and not cfg.clip.scorer_arch().startswith("local-dir:")):
             log.warning("eval.clip.weights=random: CLIP has random weights, CLIP-I/CLIP-T mean nothing")
-        self.clip = ClipScorer(cfg.clip.arch, weights, device=device)
+        self.clip = ClipScorer(cfg.clip.scorer_arch(), weights, device=device)
         self.train_clip = self.clip.image_embeddings(train_images)
         self.inception = self.train_inception = None
         if cfg.fid.enabled:
@@ -215,7 +197,7 @@ class Evaluator:
         prompts = [t.format(word) for t in self.templates]
         cache = Path(c.baseline_cache) / cache_key if cache_key and c.baseline_cache else None
         if cache is not None:
-            files = [[cache / f"p{p:02d}-{k:03d}.png" for k in range(pr.num_images)] for p in range(len(prompts))]
+            files = [[cache / image_name(p, k) for k in range(pr.num_images)] for p in range(len(prompts))]
             if all(f.is_file() for row in files for f in row):
                 log.info("baseline images reused from %s", cache)
                 return [[Image.open(f).convert("RGB") for f in row] for row in files]
@@ -277,8 +259,8 @@ def baseline_cache_key(model: str, word: str, evaluator: Evaluator, protocol: Pr
 def save_images(folder: Path, templates: list[str], images: list[list[Image.Image]]) -> None:
     for p, row in enumerate(images):
         for k, img in enumerate(row):
-            atomic_write(folder / f"p{p:02d}-{k:03d}.png", lambda path, img=img: img.save(path, format="PNG"))
-    atomic_write_text(folder / "prompts.json", json.dumps(templates, indent=2))
+            atomic_write(folder / image_name(p, k), lambda path, img=img: img.save(path, format="PNG"))
+    atomic_write_text(folder / PROMPTS_FILE, json.dumps(templates, indent=2))
 
 
 def image_grid(images: list[list[Image.Image]], max_cols: int = 8) -> Image.Image:
@@ -292,14 +274,8 @@ def image_grid(images: list[list[Image.Image]], max_cols: int = 8) -> Image.Imag
     return grid
 
 
-def image_folder_name(step: int | None, protocol: str) -> str:
-    """eval/images/<this>: stepNNNNNN (full protocol), stepNNNNNN-light; baseline, baseline-light."""
-    base = "baseline" if step is None else f"step{step:06d}"
-    return base if protocol == FULL else f"{base}-{protocol}"
-
-
 def write_metrics(path: Path, header: dict, evaluations: list[dict]) -> None:
     """`final`: the last full-protocol evaluation (what tables read), None until there is one."""
-    full = [e for e in evaluations if e.get("protocol", FULL) == FULL]
+    full = [e for e in evaluations if protocol_of(e) == FULL]
     atomic_write_text(path, json.dumps({**header, "evaluations": evaluations,
                                         "final": full[-1] if full else None}, indent=2))

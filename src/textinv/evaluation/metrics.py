@@ -29,6 +29,7 @@ from PIL import Image
 from torch import nn
 
 from textinv.errors import UserError
+from textinv.utils.offline import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,6 @@ class ClipScorer:
         import open_clip
 
         weights = None if weights is None else str(weights)
-        if arch == "toyworld":  # the miniature world's CLIP, shipped with the project (textinv.toyworld)
-            from textinv.toyworld import TOYWORLD_CLIP
-
-            arch = f"local-dir:{TOYWORLD_CLIP}"
         if arch.startswith("local-dir:"):  # a whole open_clip model folder: config + weights, nothing to pick
             folder = Path(arch[len("local-dir:"):]).expanduser()
             if not (folder / "open_clip_config.json").is_file():
@@ -281,10 +278,6 @@ FEATURE_DIMS = (64, 192, 768, 2048)
 _ALL_FEATURES = [str(d) for d in FEATURE_DIMS] + ["logits_unbiased"]  # IS uses the unbiased logits
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def resolve_inception_weights(weights: str | os.PathLike | None = None, allow_download: bool | None = None) -> str:
     """Path of the Inception weights: the given file, else torch hub's cache (downloading it when allowed).
 
@@ -301,7 +294,7 @@ def resolve_inception_weights(weights: str | os.PathLike | None = None, allow_do
     if cached.is_file():
         return str(cached)
     if allow_download is None:
-        allow_download = not _offline()
+        allow_download = not hub_offline()
     if not allow_download:
         raise UserError(f"Inception weights {INCEPTION_WEIGHTS_FILE} are not cached and downloads are off; {how}")
     try:

@@ -6,9 +6,8 @@ One JSON line per run (per sweep point under -m):
   evaluations         [{step, protocol, images, sampler_steps, unet_forwards}], in the order they run
   eval_unet_forwards  their sum; a UNet forward is one image through the UNet once (guidance counts two)
   validation_unet_forwards  the fixed-batch validation loss (textinv.training.validation_loss): checks x batch
-The same schedule as textinv.evaluation.callback: steps in eval.at_steps or multiples of eval.every_n_steps
-during training (light protocol), the last step light + full (the full protocol alone when eval.light is
-off). An early stop on the validation loss can only make a run cheaper than its plan.
+The evaluations are textinv.evaluation.schedule's, the rules the training callback follows step by step.
+An early stop on the validation loss can only make a run cheaper than its plan.
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from textinv.evaluation.evaluator import EvalConfig, Protocol, evaluation_prompts
+from textinv.evaluation.evaluator import EvalConfig, evaluation_prompts
+from textinv.evaluation.schedule import Protocol, evaluation_schedule
 
 
 def guided(guidance_scale: float) -> bool:
@@ -29,21 +29,6 @@ def evaluation_entry(step: int, protocol: Protocol, num_prompts: int, guidance_s
     return {"step": step, "protocol": protocol.name, "images": images, "sampler_steps": protocol.sampler_steps,
             "scheduler": protocol.scheduler,
             "unet_forwards": images * protocol.sampler_steps * (2 if guided(guidance_scale) else 1)}
-
-
-def evaluation_schedule(ev: EvalConfig, steps: int, baseline: bool = False) -> list[tuple[int, list[Protocol]]]:
-    """(step, protocols) of every evaluation a run makes, in order."""
-    if not ev.enabled:
-        return []
-    if baseline:
-        return [(0, ev.protocols(final=True))]
-    out = []
-    for step in sorted({s for s in ev.at_steps if s < steps} | (
-            set(range(ev.every_n_steps, steps, ev.every_n_steps)) if ev.every_n_steps > 0 else set())):
-        out.append((step, ev.protocols(final=False)))
-    if ev.at_end or ev.due(steps):
-        out.append((steps, ev.protocols(final=True)))
-    return out
 
 
 def make_plan(cfg: DictConfig) -> dict:

@@ -4,12 +4,12 @@ Sources share one interface (`ModelSource`); what differs between SD 1.x/2.x and
 encoders, conditioning) is asked of the model's family (textinv.models.family):
 - `hub`:  a diffusers-layout model, from `path` (a local folder) or `hub_id` (the local HF cache, or a
           download where the network allows it);
-- `toy`:  the pretrained miniature world shipped with the project (textinv.toyworld): a diffusers
-          folder loaded exactly like `hub` with `path`, so it exercises the real loading code;
+- `toy`:  the pretrained miniature world shipped with the project: a diffusers folder loaded exactly
+          like `hub` with `path` (model=toy's `_target_` is textinv.toyworld.plugins.model_source);
 - `tiny`: random weights, tiny UNet/VAE/text encoder built in code with the real CLIP tokenizer;
 - `sd15_arch`: the SD 1.5 architecture with random weights (real speed and memory, no download);
 - `sdxl_arch`, `sdxl_tiny`: SDXL base 1.0's architecture / a tiny SDXL-shaped model, random weights
-  (textinv.models.family.sdxl.SDXL_ARCHS).
+  (every random architecture: textinv.models.random_weights).
 The tokenizer and configs load without the big weights, so bad input is caught before they load.
 """
 
@@ -27,8 +27,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from textinv.models.clip_tokenizer import VOCAB_SIZE
 from textinv.errors import UserError
+from textinv.utils.offline import hub_offline
 
 log = logging.getLogger(__name__)
 # diffusers still passes this deprecated argument to huggingface_hub; the warning says nothing to users.
@@ -39,47 +39,6 @@ SD_SCHEDULE = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, steps_offset=1,
 )
-
-ARCHS: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": dict(
-        unet=dict(
-            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-            attention_head_dim=4, norm_num_groups=8,
-        ),
-        vae=dict(
-            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-            block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=32,
-        ),
-        text=dict(
-            vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
-            projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        ),
-    ),
-    "sd15_arch": dict(
-        unet=dict(
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
-        ),
-        vae=dict(
-            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=512,
-        ),
-        text=dict(
-            vocab_size=VOCAB_SIZE, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-            projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        ),
-    ),
-}
-
 
 @dataclass
 class FrozenSD:
@@ -145,14 +104,10 @@ class ModelSource:
         from textinv.models.family import FAMILIES, get_family
 
         archs = {arch: fam for fam in FAMILIES.values() for arch in fam.archs}
-        if source not in ("hub", "toy", *archs):
-            raise UserError(f"model.source={source!r} is unknown; use one of hub, toy, {', '.join(archs)}")
+        if source not in ("hub", *archs):
+            raise UserError(f"model.source={source!r} is unknown; use one of hub, {', '.join(archs)} (or model=toy)")
         self._family = get_family(family) if family else archs.get(source)
         self.resolution = resolution  # the model's native size (data.resolution follows it); None: from configs
-        if source == "toy":  # a real diffusers folder that ships with the project: the hub code path
-            from textinv.toyworld import TOYWORLD_SD
-
-            source, path = "hub", path or str(TOYWORLD_SD)
         self.source, self.hub_id, self.revision, self.seed = source, hub_id, revision, seed
         self.path = str(Path(path).expanduser()) if path else None
         self.prediction_type = prediction_type
@@ -199,7 +154,7 @@ class ModelSource:
 
     def _pretrained(self, cls, part: str, **kw):
         location = self._location()
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_offline()
         try:
             return cls.from_pretrained(location, subfolder=part, revision=self.revision,
                                        local_files_only=offline or bool(self.path), **kw)
@@ -210,7 +165,7 @@ class ModelSource:
 
     def _config(self, cls, part: str) -> dict:
         location = self._location()
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_offline()
         try:
             return dict(cls.load_config(location, subfolder=part, revision=self.revision,
                                         local_files_only=offline or bool(self.path)))
@@ -218,7 +173,7 @@ class ModelSource:
             raise self._not_found(part, err) from err
 
     def _text_width(self, part: str) -> int:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        offline = hub_offline()
         try:
             return int(CLIPTextConfig.from_pretrained(self._location(), subfolder=part, revision=self.revision,
                                                       local_files_only=offline or bool(self.path)).hidden_size)
@@ -285,14 +240,3 @@ class ModelSource:
         second = (tokenizers[1], encoders[1]) if len(encoders) > 1 else (None, None)
         return FrozenSD(tokenizers[0], encoders[0], vae, unet, scheduler, self.name, family.name, *second).freeze()
 
-
-def build_random(arch_name: str, seed: int = 0, prediction_type: str | None = None):
-    """The named architecture with random (seeded, so reproducible) weights."""
-    arch = ARCHS[arch_name]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**arch["text"]))
-        vae = AutoencoderKL(**arch["vae"])
-        unet = UNet2DConditionModel(**arch["unet"])
-    scheduler = DDPMScheduler(**SD_SCHEDULE, prediction_type=prediction_type or "epsilon")
-    return text_encoder, vae, unet, scheduler

@@ -258,8 +258,9 @@ def _run_generate(cfg, out_dir: Path) -> Path:
     from hydra.utils import get_class, instantiate
     from omegaconf import OmegaConf
 
-    from textinv.utils.atomic import atomic_write, atomic_write_text, confined
     from textinv.models.frozen_sd import ModelSource
+    from textinv.runs.layout import GENERATE_IMAGE_DIGITS, image_name
+    from textinv.utils.atomic import atomic_write, atomic_write_text, confined
 
     prompts = cfg.prompt if OmegaConf.is_list(cfg.prompt) else [cfg.prompt]
     prompts = [str(p) for p in prompts if p is not None]
@@ -291,7 +292,7 @@ def _run_generate(cfg, out_dir: Path) -> Path:
     with confined(out_dir):  # every file lands in the output folder
         for p, row in enumerate(rows):
             for s in row:
-                name = f"{s.index:04d}.png" if len(prompts) == 1 else f"p{p:02d}-{s.index:04d}.png"
+                name = image_name(None if len(prompts) == 1 else p, s.index, GENERATE_IMAGE_DIGITS)
                 atomic_write(out_dir / name, lambda tmp, img=s.image: img.save(tmp, format="PNG"))
                 records.append({"file": name, "prompt": s.prompt, "seed": s.seed, "index": s.index})
         summary = {

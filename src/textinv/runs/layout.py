@@ -1,4 +1,16 @@
-"""Where a run's embedding files go (README "Using the embedding in other tools").
+"""Every path and file name inside a run folder, for the code that writes it and the code that reads it.
+
+    <run>/config.yaml                            the resolved config (written before training)
+    <run>/run.json                               the finished-run marker, written last
+    <run>/checkpoints/last.ckpt                  Lightning checkpoints (last.ckpt: what a re-run resumes)
+    <run>/snapshots/                             embedding files every N steps, `-step000500` suffix
+    <run>/eval/metrics.json                      every evaluation record (what tables read)
+    <run>/eval/images/<folder>/pNN-KKK.png       image k of prompt p (seed eval.seed + k), prompts.json beside;
+                                                 <folder>: stepNNNNNN[-light] or baseline[-light]
+generate.py's output folder uses the same image naming with four digits (KKKK.png for one prompt,
+pNN-KKKK.png for several); `parse_image_name` reads both.
+
+Where a run's embedding files go (README "Using the embedding in other tools"):
 
     <run>/<name>.pt                              the one file for every tool (AUTOMATIC1111, ComfyUI, kohya,
                                                  InvokeAI, diffusers): A1111 layout, `name` = the token
@@ -22,7 +34,10 @@ method (textinv.methods.textual_inversion.families); the names are this module's
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from textinv.evaluation.schedule import FULL
 
 DIFFUSERS_DIR = "diffusers"
 DIFFUSERS_FILE = "learned_embeds.safetensors"
@@ -48,3 +63,91 @@ def kohya_file(folder: str | Path, name: str, suffix: str = "") -> Path:
 def sdxl_file(folder: str | Path, name: str, suffix: str = "") -> Path:
     """SDXL runs' root file {"clip_l", "clip_g"}, named after the token."""
     return Path(folder) / f"{name}{suffix}.safetensors"
+
+
+# --- the run folder ----------------------------------------------------------------------------
+CONFIG_FILE = "config.yaml"
+FINISHED_MARKER = "run.json"
+CHECKPOINTS_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+SNAPSHOTS_DIR = "snapshots"
+EVAL_DIR = "eval"
+METRICS_FILE = "metrics.json"
+METRICS_PATH = Path(EVAL_DIR) / METRICS_FILE  # relative to the run folder (messages, searches)
+IMAGES_DIR = "images"
+PROMPTS_FILE = "prompts.json"  # beside the images: the prompt templates, p00 first
+ATTRIBUTES_FILE = "attributes.json"  # eval/: the toy world's attribute rates (python -m textinv toyworld attributes)
+EVAL_IMAGE_DIGITS = 3  # eval/images: pNN-KKK.png
+GENERATE_IMAGE_DIGITS = 4  # generate.py: KKKK.png, pNN-KKKK.png
+IMAGE_NAME = re.compile(r"^(?:p(?P<p>\d{2,})-)?(?P<k>\d+)\.png$")
+
+
+def config_file(run: str | Path) -> Path:
+    return Path(run) / CONFIG_FILE
+
+
+def finished_marker(run: str | Path) -> Path:
+    return Path(run) / FINISHED_MARKER
+
+
+def checkpoints_dir(run: str | Path) -> Path:
+    return Path(run) / CHECKPOINTS_DIR
+
+
+def last_checkpoint(run: str | Path) -> Path:
+    return checkpoints_dir(run) / LAST_CHECKPOINT
+
+
+def snapshots_dir(run: str | Path) -> Path:
+    return Path(run) / SNAPSHOTS_DIR
+
+
+def snapshot_suffix(step: int) -> str:
+    return f"-step{step:06d}"
+
+
+def eval_dir(run: str | Path) -> Path:
+    return Path(run) / EVAL_DIR
+
+
+def metrics_file(run: str | Path) -> Path:
+    return Path(run) / METRICS_PATH
+
+
+def eval_images_dir(run: str | Path) -> Path:
+    return eval_dir(run) / IMAGES_DIR
+
+
+def image_folder_name(step: int | None, protocol: str) -> str:
+    """eval/images/<this>: stepNNNNNN (full protocol), stepNNNNNN-light; baseline, baseline-light."""
+    base = "baseline" if step is None else f"step{step:06d}"
+    return base if protocol == FULL else f"{base}-{protocol}"
+
+
+def image_folder(run: str | Path, step: int | None, protocol: str) -> Path:
+    return eval_images_dir(run) / image_folder_name(step, protocol)
+
+
+def parse_image_folder_name(name: str, protocol: str) -> int | None:
+    """The training step of an image folder of `protocol` (stepNNNNNN[-light]); None for anything else."""
+    suffix = "" if protocol == FULL else f"-{protocol}"
+    digits = name[4:len(name) - len(suffix)] if name.startswith("step") and name.endswith(suffix) else ""
+    return int(digits) if digits.isdigit() and name == f"step{digits}{suffix}" else None
+
+
+def image_name(p: int | None, k: int, digits: int = EVAL_IMAGE_DIGITS) -> str:
+    """Image k (seed + k) of prompt p: pNN-KKK.png; p=None (generate.py, one prompt): KKKK.png."""
+    return f"{k:0{digits}d}.png" if p is None else f"p{p:02d}-{k:0{digits}d}.png"
+
+
+def parse_image_name(name: str) -> tuple[int | None, int] | None:
+    """(p, k) of an image name written by `image_name` (any digit count); None for other files."""
+    m = IMAGE_NAME.match(name)
+    return None if m is None else (None if m["p"] is None else int(m["p"]), int(m["k"]))
+
+
+def prompt_images(folder: str | Path, p: int) -> list[Path]:
+    """Images of prompt p in a folder, in seed order (image k from seed eval.seed + k)."""
+    found = [(parse_image_name(f.name), f) for f in Path(folder).glob(f"p{p:02d}-*.png")]
+    return [f for parsed, f in sorted((x for x in found if x[0] is not None and x[0][0] == p),
+                                      key=lambda x: x[0][1])]

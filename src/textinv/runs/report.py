@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from textinv.evaluation.schedule import protocol_of
 from textinv.utils.atomic import atomic_write_text
 from textinv.runs.results import (BASELINE_ROW, METRIC_LABELS, ROW_ORDER, STUDY_TABLE, TABLE_METRICS, TI_ROW, RunResult,
                       Stat)
@@ -77,7 +78,7 @@ def describe_settings(runs: Sequence[RunResult]) -> str:
     s = runs[0].settings
     clip = s.get("clip") or {}
     fid = s.get("fid") or {}
-    parts = [f"{s.get('protocol', 'full')} protocol", f"model {', '.join(sorted({r.model_id for r in runs}))}",
+    parts = [f"{protocol_of(s)} protocol", f"model {', '.join(sorted({r.model_id for r in runs}))}",
              f"{str(s.get('scheduler', '?')).upper()} {s.get('sampler_steps', '?')} steps",
              f"guidance {s.get('guidance_scale', '?')}", f"{s.get('num_images', '?')} images per prompt",
              f"eval seeds {s.get('seed', '?')}+k", f"CLIP {clip.get('arch', '?')} ({clip.get('weights', '?')})",

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from textinv.errors import UserError
+from textinv.evaluation.schedule import FULL, LIGHT, protocol_of
+from textinv.runs.layout import (FINISHED_MARKER, METRICS_FILE, METRICS_PATH, PROMPTS_FILE, config_file, eval_images_dir,
+                                 finished_marker, image_folder_name, metrics_file, parse_image_folder_name,
+                                 prompt_images)
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = Path("eval") / "metrics.json"
-FINISHED_MARKER = "run.json"
 BASELINE_ROW, TI_ROW = "SD", "SD + TI"
 ROW_ORDER = (BASELINE_ROW, TI_ROW)
 
@@ -46,12 +48,6 @@ METRIC_LABELS = {"reconstruction": "Reconstruction", "editability": "Editability
 # Settings that must agree for runs to be compared in one table.
 COMPARABLE_SETTINGS = ("num_images", "sampler_steps", "guidance_scale", "scheduler", "seed", "negative_prompt",
                        "resolution", "clip", "clip_t_text", "fid", "reconstruction_prompt")
-FULL, LIGHT = "full", "light"
-
-
-def protocol_of(evaluation: dict) -> str:
-    """An evaluation record's protocol; records written before protocols existed used the full one."""
-    return str(evaluation.get("protocol") or FULL)
 
 
 def curve_protocol(runs: Sequence["RunResult"]) -> str:
@@ -97,7 +93,7 @@ class RunResult:
         """The last full-protocol evaluation: what tables read."""
         full = self.curve(FULL)
         if not full:
-            raise UserError(f"{self.run_dir / METRICS_FILE} has no full-protocol evaluation yet (only light ones "
+            raise UserError(f"{metrics_file(self.run_dir)} has no full-protocol evaluation yet (only light ones "
                             "during training); let the run finish or leave it out")
         return full[-1]
 
@@ -143,7 +139,7 @@ class RunResult:
     @property
     def config(self) -> dict:
         if self._config is None:
-            path = self.run_dir / "config.yaml"
+            path = config_file(self.run_dir)
             if path.is_file():
                 from omegaconf import OmegaConf
 
@@ -169,33 +165,27 @@ class RunResult:
 
     def image_steps(self, protocol: str = FULL) -> list[int]:
         """Training steps with an image folder of `protocol` (eval/images/stepNNNNNN[-light]), ascending."""
-        root = self.run_dir / "eval" / "images"
-        suffix = "" if protocol == FULL else f"-{protocol}"
-        steps = []
-        for d in root.glob(f"step*{suffix}") if root.is_dir() else []:
-            digits = d.name[4:len(d.name) - len(suffix)]
-            if d.is_dir() and digits.isdigit() and d.name == f"step{digits}{suffix}":
-                steps.append(int(digits))
-        return sorted(steps)
+        root = eval_images_dir(self.run_dir)
+        steps = [parse_image_folder_name(d.name, protocol) for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
+        return sorted(s for s in steps if s is not None)
 
     def images_dir(self, step: int | None = None, protocol: str = FULL) -> Path:
         """The baseline's image folder, or a TI run's folder of `step` (default: its final evaluation)."""
-        root = self.run_dir / "eval" / "images"
-        suffix = "" if protocol == FULL else f"-{protocol}"
+        root = eval_images_dir(self.run_dir)
         if self.baseline:
-            return root / f"baseline{suffix}"
+            return root / image_folder_name(None, protocol)
         if step is None:
             last = self.curve(protocol)
             step = last[-1].get("step") if last else None
-            if (step is None or not (root / f"step{step:06d}{suffix}").is_dir()) and self.image_steps(protocol):
+            if (step is None or not (root / image_folder_name(step, protocol)).is_dir()) and self.image_steps(protocol):
                 step = self.image_steps(protocol)[-1]
             if step is None:
                 raise UserError(f"{self.run_dir} has no {protocol}-protocol evaluation images")
-        return root / f"step{step:06d}{suffix}"
+        return root / image_folder_name(step, protocol)
 
     def templates(self, folder: Path) -> list[str]:
         """The prompt templates of an image folder (prompts.json; p00 = the reconstruction prompt)."""
-        path = folder / "prompts.json"
+        path = folder / PROMPTS_FILE
         templates = read_json(path, missing=f"{folder} has no prompts.json; is it an eval/images folder of a run?")
         if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
             raise UserError(f"{path} should be a list of prompt templates")
@@ -211,8 +201,7 @@ class RunResult:
     @staticmethod
     def image_files(folder: Path, p: int) -> list[Path]:
         """Images of prompt p in a folder, in seed order (pNN-KKK.png, image k from seed eval.seed + k)."""
-        files = sorted(folder.glob(f"p{p:02d}-*.png"))
-        return [f for f in files if f.stem[4:].isdigit()]
+        return prompt_images(folder, p)
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
@@ -223,14 +212,14 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         if not path.exists():
             raise UserError(f"{raw}: no such file or directory; give run directories or a sweep folder")
         if not path.is_dir():
-            raise UserError(f"{raw} is not a directory; give run directories (holding {METRICS_FILE}) or a sweep folder")
-        if (path / METRICS_FILE).is_file():
+            raise UserError(f"{raw} is not a directory; give run directories (holding {METRICS_PATH}) or a sweep folder")
+        if metrics_file(path).is_file():
             hits = [path]
         else:
-            hits = sorted(m.parent.parent for m in path.rglob("metrics.json")
-                          if m.parent.name == "eval" and m.is_file())
+            hits = sorted(m.parent.parent for m in path.rglob(METRICS_FILE) if m == metrics_file(m.parent.parent)
+                          and m.is_file())
         if not hits:
-            raise UserError(f"{raw} holds no run with {METRICS_FILE} (runs need evaluation on: not eval=off); "
+            raise UserError(f"{raw} holds no run with {METRICS_PATH} (runs need evaluation on: not eval=off); "
                             "give a run directory or a sweep folder")
         for hit in hits:
             found.setdefault(hit.resolve(), None)
@@ -239,8 +228,8 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_run(run_dir: str | Path) -> RunResult:
     run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
-    data = read_json(path, missing=f"{run_dir} has no {METRICS_FILE}; was it run with evaluation on?",
+    path = metrics_file(run_dir)
+    data = read_json(path, missing=f"{run_dir} has no {METRICS_PATH}; was it run with evaluation on?",
                      fix="; re-run its evaluation or leave the run out")
     if not isinstance(data, dict):
         raise UserError(f"{path} is malformed: a {type(data).__name__}, not an object with evaluations; "
@@ -256,7 +245,7 @@ def load_run(run_dir: str | Path) -> RunResult:
     header = {k: v for k, v in data.items() if k not in ("evaluations", "final")}
     if not isinstance(header.get("settings", {}), dict):
         raise UserError(f"{path} is malformed: settings is not an object; re-run its evaluation or leave the run out")
-    return RunResult(run_dir, header, evaluations, (run_dir / FINISHED_MARKER).is_file())
+    return RunResult(run_dir, header, evaluations, finished_marker(run_dir).is_file())
 
 
 def load_runs(paths: Iterable[str | Path], include_unfinished: bool = False) -> list[RunResult]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from textinv.errors import UserError
+from textinv.evaluation.schedule import FULL
 from textinv.runs.report import fmt_stat, markdown_table, pyplot, save_figure, stat_columns, table_csv_rows
 from textinv.runs.results import METRIC_LABELS, TABLE_METRICS, RunResult, Stat, aggregate, curve_protocol
 
@@ -60,7 +61,7 @@ def protocol_label(runs: Sequence[RunResult], protocol: str) -> str:
     """"DPM 20 steps, 8 images per prompt" of a protocol, from the runs' records."""
     for r in runs:
         for e in r.curve(protocol):
-            s = e.get("settings") or (r.settings if protocol == "full" else {})
+            s = e.get("settings") or (r.settings if protocol == FULL else {})
             if s:
                 return f"{str(s.get('scheduler', '?')).upper()} {s.get('sampler_steps', '?')} steps, " \
                        f"{s.get('num_images', '?')} images per prompt"

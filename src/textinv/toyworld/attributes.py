@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from textinv.runs.layout import ATTRIBUTES_FILE, PROMPTS_FILE, config_file, eval_dir, eval_images_dir, prompt_images
 from textinv.utils.atomic import atomic_write_text
 from textinv.toyworld.models import HEADS
 from textinv.toyworld.world import STYLE_PHRASE
@@ -53,7 +54,7 @@ def prompt_attributes(prompt: str) -> dict[str, str]:
 
 def classify(classifier, images: list[Image.Image]) -> dict[str, list[str]] | None:
     """The classifier's reading of each image, per attribute (None for no images)."""
-    from textinv.toyworld.report import pil_to_unit
+    from textinv.toyworld.models import pil_to_unit
 
     return classifier.predict(pil_to_unit(images)) if images else None
 
@@ -70,7 +71,7 @@ def rates(pred: dict[str, list[str]] | None, expected: dict[str, str]) -> dict[s
 
 
 def _evaluations(run: Path) -> list[Path]:
-    folders = [p for p in (run / "eval" / "images").glob("*") if (p / "prompts.json").is_file()]
+    folders = [p for p in eval_images_dir(run).glob("*") if (p / PROMPTS_FILE).is_file()]
     # baseline[-light], then stepNNNNNN[-light] by step (a light and a full folder of one step: both kept)
     return sorted(folders, key=lambda p: (not p.name.startswith("baseline"),
                                           int(p.name[4:10]) if p.name.startswith("step") else -1, p.name))
@@ -80,14 +81,14 @@ def run_attributes(run: Path, classifier) -> dict:
     """Per evaluation and prompt: concept-attribute and prompt-attribute rates (a run of a drawn concept)."""
     import yaml
 
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = yaml.safe_load(config_file(run).read_text())
     concept = config["concept"]
     look = concept_attributes(concept.get("draw") or {})
     placeholder, word = concept["placeholder"], str(config.get("init"))
     result = {"concept": concept["name"], "look": look, "evaluations": {}}
     for folder in _evaluations(run):
-        templates = json.loads((folder / "prompts.json").read_text())
-        images = [[Image.open(f).convert("RGB") for f in sorted(folder.glob(f"p{p:02d}-*.png"))]
+        templates = json.loads((folder / PROMPTS_FILE).read_text())
+        images = [[Image.open(f).convert("RGB") for f in prompt_images(folder, p)]
                   for p in range(len(templates))]
         asked = [prompt_attributes(template.replace("{}", " ")) for template in templates]
         # Image k of every prompt starts from the same noise, and a weak model draws some attributes
@@ -101,7 +102,7 @@ def run_attributes(run: Path, classifier) -> dict:
                        "same_seeds_unasked": rates(preds[c], a) if c is not None and len(images[c]) == len(imgs) else {}}
                       for template, imgs, pred, a in zip(templates, images, preds, asked)]
         result["evaluations"][folder.name] = per_prompt
-    atomic_write_text(run / "eval" / "attributes.json", json.dumps(result, indent=2))
+    atomic_write_text(eval_dir(run) / ATTRIBUTES_FILE, json.dumps(result, indent=2))
     return result
 
 

@@ -64,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "attributes":
         from textinv.toyworld import TOYWORLD_CLASSIFIER
         from textinv.toyworld.attributes import format_attributes, run_attributes
-        from textinv.toyworld.export import load_classifier
+        from textinv.runs.layout import CONFIG_FILE, config_file
+        from textinv.toyworld.models import load_classifier
 
         classifier = load_classifier(TOYWORLD_CLASSIFIER)
         for run in args.runs:
-            if not (run / "config.yaml").is_file():
-                p.error(f"{run} is not a run folder (no config.yaml)")
+            if not config_file(run).is_file():
+                p.error(f"{run} is not a run folder (no {CONFIG_FILE})")
             print(format_attributes(run, run_attributes(run, classifier)))
         return 0
     from dataclasses import fields

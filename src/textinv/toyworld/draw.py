@@ -8,13 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from textinv.data.images import DRAWN_RECORD  # the core redraws a folder that holds it
 from textinv.utils.atomic import atomic_write, atomic_write_text
 from textinv.toyworld.world import WORLD_SIZE, render, sample_scene
 
 ATTRIBUTES = ("shape", "color", "background", "style", "size")
-# Marks a folder as drawn here (hidden: not a concept image). Such a folder is redrawn on every use, so a
-# changed `draw:` spec or renderer never trains on stale pictures; a folder without it is never touched.
-DRAWN_RECORD = ".drawn.json"
 
 
 def draw_concept(out: str | Path, n: int = 5, seed: int = 0, px: int = WORLD_SIZE, **fixed) -> list[Path]:

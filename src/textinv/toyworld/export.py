@@ -18,7 +18,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from textinv.utils.atomic import atomic_write_text
 
@@ -58,14 +58,6 @@ def export_classifier(folder: Path, model) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     atomic_write_text(folder / "config.json", json.dumps({"heads": {k: list(v) for k, v in HEADS.items()}}, indent=2))
-
-
-def load_classifier(folder: str | Path):
-    from textinv.toyworld.models import AttributeClassifier
-
-    model = AttributeClassifier()
-    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
-    return model.eval().requires_grad_(False)
 
 
 def write_checksums(out: Path) -> None:

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,3 +71,23 @@ class AttributeClassifier(nn.Module):
     def predict(self, pixels: torch.Tensor) -> dict[str, list[str]]:
         logits = self(pixels)
         return {k: [HEADS[k][i] for i in v.argmax(-1).tolist()] for k, v in logits.items()}
+
+
+# --- what the evaluation-time readers need (no training recipe) -----------------------------------
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1], the range every network here was trained on."""
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def pil_to_unit(images) -> torch.Tensor:
+    """PIL images -> float NCHW in [-1, 1], as the models were trained on."""
+    return to_unit(torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])))
+
+
+def load_classifier(folder: str | Path):
+    """The shipped attribute classifier (TOYWORLD_CLASSIFIER), frozen."""
+    from safetensors.torch import load_file
+
+    model = AttributeClassifier()
+    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    return model.eval().requires_grad_(False)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from textinv.utils.atomic import atomic_path, atomic_write_text
+from textinv.toyworld.models import to_unit
 from textinv.toyworld.stages import OutOfTime, Stage, load_ema, run_stage
 from textinv.toyworld.world import caption_at, render, scene_at
 
@@ -83,11 +84,6 @@ def rendered_set(work: Path, recipe: Recipe) -> torch.Tensor:
             np.save(f, images)
     atomic_write_text(work / "images.json", json.dumps(meta))
     return torch.from_numpy(images)
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def batch_indices(seed: int, stage: int, step: int, n: int, size: int) -> np.ndarray:

@@ -14,17 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from textinv.toyworld.models import load_classifier, pil_to_unit
 from textinv.toyworld.world import CAPTIONED_STYLES, COLORS, SHAPES, full_caption, render, scene_at
 
 HELD_OUT = 1_000_003  # scene seed offset of the held-out set
 CHANCE = {"shape": 1 / len(SHAPES), "color": 1 / len(COLORS), "background": 1 / 4, "style": 1 / 3}
-
-
-def pil_to_unit(images) -> torch.Tensor:
-    """PIL images -> float NCHW in [-1, 1], as the models were trained on (pretrain.to_unit)."""
-    from textinv.toyworld.pretrain import to_unit
-
-    return to_unit(torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])))
 
 
 def attribute_hits(classifier, images, scenes, keys=("shape", "color", "background", "style")) -> dict[str, list[bool]]:
@@ -91,7 +85,6 @@ def clip_zero_shot(out: Path, drawn, scenes) -> dict:
 
 
 def world_report(out: Path, recipe) -> dict:
-    from textinv.toyworld.export import load_classifier
 
     classifier = load_classifier(out / "classifier")
     cls, drawn, scenes = classifier_accuracy(out, classifier, recipe.seed)

@@ -14,10 +14,9 @@ import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from textinv.utils.atomic import atomic_path, atomic_write_text
+from textinv.runs.layout import LAST_CHECKPOINT, finished_marker, snapshot_suffix, snapshots_dir
 
 log = logging.getLogger(__name__)
-
-FINISHED_MARKER = "run.json"
 
 
 class MethodFileWriter(L.Callback):
@@ -36,7 +35,7 @@ class MethodFileWriter(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if trainer.is_global_zero and self._due(step):
-            pl_module.method.write_files(self.run_dir / "snapshots", step, suffix=f"-step{step:06d}")
+            pl_module.method.write_files(snapshots_dir(self.run_dir), step, suffix=snapshot_suffix(step))
             self._last_written = step
 
     def _finished(self, trainer) -> bool:
@@ -77,7 +76,7 @@ class MethodFileWriter(L.Callback):
                 summary["cost"] = cb.summary()  # planned and spent: time and UNet forwards
             if isinstance(cb, ValidationLoss) and cb.enabled:
                 summary["validation_loss"] = cb.summary()
-        atomic_write_text(self.run_dir / FINISHED_MARKER, json.dumps(summary, indent=2))  # written last
+        atomic_write_text(finished_marker(self.run_dir), json.dumps(summary, indent=2))  # written last
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -123,6 +122,6 @@ class GracefulStop(L.Callback):
         if not stop:
             return
         ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir)
-        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        trainer.save_checkpoint(ckpt_dir / LAST_CHECKPOINT)
         trainer.should_stop = True
         self.signum = self.signum or signal.SIGTERM

@@ -19,17 +19,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from textinv.utils.atomic import atomic_write_text
-from textinv.training.callbacks import FINISHED_MARKER, AtomicCheckpointIO, GracefulStop
+from textinv.training.callbacks import AtomicCheckpointIO, GracefulStop
 from textinv.data.datamodule import Concept, ConceptDataModule
 from textinv.errors import Interrupted, UserError
 from textinv.training.cost import CostMeter
 from textinv.training.validation_loss import ValidationLoss
-from textinv.evaluation.callback import EvaluationCallback, log_evaluation
+from textinv.training.module import check_prediction_type
+from textinv.evaluation.callback import EvaluationCallback
+from textinv.evaluation.recorder import EvaluationRecorder
+from textinv.evaluation.schedule import evaluation_schedule
 from textinv.evaluation.plan import make_plan
-from textinv.evaluation.evaluator import EvalConfig, Evaluator, baseline_cache_key, image_folder_name, save_images, write_metrics
+from textinv.evaluation.evaluator import EvalConfig, Evaluator, baseline_cache_key
 from textinv.methods.base import Method
 from textinv.models.frozen_sd import ModelSource
 from textinv.training.resume import check_resume, run_identity
+from textinv.runs.layout import FINISHED_MARKER, config_file, finished_marker, last_checkpoint
 from textinv.runs.lock import folder_lock
 from textinv.training.sweeps import in_multirun
 from textinv.utils.atomic import confined
@@ -58,10 +62,10 @@ def check_resolution(resolution: int, multiple: int) -> None:
 
 def resolve_resume(run_dir: Path, ckpt_path: str | None) -> str | None:
     """Never overwrite a finished run; pick up an unfinished one where it stopped."""
-    if (run_dir / FINISHED_MARKER).exists():
+    if finished_marker(run_dir).exists():
         raise UserError(f"{run_dir} already holds a finished run ({FINISHED_MARKER}); choose a new "
                         "hydra.run.dir=... or move that run away")
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(run_dir)
     if ckpt_path in (None, "last"):
         if last.is_file():
             log.info("resuming the unfinished run in %s from %s", run_dir, last)
@@ -91,7 +95,10 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     source: ModelSource = instantiate(cfg.model)
     datamodule: ConceptDataModule = instantiate(cfg.data, _partial_=True, _convert_="all")(concept=concept)
     datamodule.load()
-    check_resolution(cfg.data.resolution, source.info().resolution_multiple)
+    info = source.info()
+    check_resolution(cfg.data.resolution, info.resolution_multiple)
+    if not cfg.baseline:  # the baseline only samples; training needs a loss target it knows
+        check_prediction_type(source.name, info.prediction_type)
     method: Method = instantiate(cfg.method, _convert_="all")(word=concept.placeholder, initializer=cfg.init,
                                                               seed=cfg.seed)
     tokenizer = source.load_tokenizer()
@@ -141,26 +148,21 @@ def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: 
     meter.start(frozen.unet)
     word = str(cfg.init)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    records, header = [], {**run_header(cfg, concept, source, method), "settings": evaluator.settings()}
+    recorder = EvaluationRecorder(evaluator, run_dir, {**run_header(cfg, concept, source, method),
+                                                       "settings": evaluator.settings(), "cost": {"plan": plan}})
     fingerprint = source.fingerprint()
-    for protocol in evaluator.cfg.protocols(final=True):
-        with meter.phase("eval"):
-            generator = ImageGenerator.from_frozen(frozen, scheduler=protocol.scheduler)
-            images = evaluator.generate(generator, word, protocol=protocol,
-                                        cache_key=baseline_cache_key(fingerprint, word, evaluator, protocol))
-            record = {"step": 0, "protocol": protocol.name, "settings": evaluator.settings(protocol),
-                      **evaluator.score(images, word, inception=protocol.name == "full")}
-        save_images(run_dir / "eval" / "images" / image_folder_name(None, protocol.name), evaluator.templates, images)
-        records.append(record)
-        log_evaluation(loggers, record, images, 0, "baseline")
-        log.info("baseline (%r, %s protocol): reconstruction %.4f, editability %.4f", word, protocol.name,
-                 record["reconstruction"], record["editability"])
+    for step, protocols in evaluation_schedule(evaluator.cfg, 0, baseline=True):
+        for protocol in protocols:
+            with meter.phase("eval"):
+                generator = ImageGenerator.from_frozen(frozen, scheduler=protocol.scheduler)
+                recorder.record(loggers, generator, step, protocol, word, "baseline", baseline=True,
+                                cache_key=baseline_cache_key(fingerprint, word, evaluator, protocol))
     cost = meter.summary()
-    write_metrics(run_dir / "eval" / "metrics.json", {**header, "cost": cost}, records)
+    recorder.write({"cost": cost})
     for lg in loggers:
         lg.log_metrics({f"cost/{k}": float(v) for k, v in cost["spent"].items()}, step=0)
         lg.finalize("success")
-    atomic_write_text(run_dir / FINISHED_MARKER, json.dumps({"finished": True, "baseline": True, "step": 0,
+    atomic_write_text(finished_marker(run_dir), json.dumps({"finished": True, "baseline": True, "step": 0,
                                                              "word": word, "model": source.name, "cost": cost},
                                                             indent=2))
     return run_dir
@@ -191,7 +193,7 @@ def train(cfg: DictConfig, skip_finished: bool | None = None) -> Path:
     an interrupted sweep redoes only the unfinished points."""
     if skip_finished is None:
         skip_finished = in_multirun()
-    if skip_finished and (Path(cfg.run_dir) / FINISHED_MARKER).exists():
+    if skip_finished and finished_marker(cfg.run_dir).exists():
         log.info("skipping finished point %s (%s exists)", cfg.run_dir, FINISHED_MARKER)
         return Path(cfg.run_dir)
     with folder_lock(cfg.run_dir):  # a second process on this folder refuses instead of interleaving
@@ -208,9 +210,9 @@ def _train(cfg: DictConfig) -> Path:
              plan["validation_unet_forwards"])
     log.info("plan (per evaluation): %s", json.dumps(plan["evaluations"]))
     evaluator = build_evaluator(cfg, concept, datamodule)
-    config_file = run_dir / "config.yaml"
-    if not config_file.exists():
-        atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
+    config = config_file(run_dir)
+    if not config.exists():
+        atomic_write_text(config, OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.baseline:
         if evaluator is None:
             raise UserError("baseline=true only evaluates, but eval.enabled=false; drop one of them")
@@ -237,5 +239,5 @@ def _train(cfg: DictConfig) -> Path:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if graceful.signum is not None:
         raise Interrupted(f"stopped by {signal.Signals(graceful.signum).name} at step {trainer.global_step}; "
-                          f"re-run the same command to resume from {run_dir}/checkpoints/last.ckpt", graceful.signum)
+                          f"re-run the same command to resume from {last_checkpoint(run_dir)}", graceful.signum)
     return run_dir

@@ -26,6 +26,16 @@ from textinv.models.frozen_sd import FrozenSD
 
 log = logging.getLogger(__name__)
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # the targets noised_and_target knows
+
+
+def check_prediction_type(model: str, prediction_type: str) -> None:
+    """A model predicting anything else (e.g. `sample`) would train against the wrong target: refuse it."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise UserError(f"model {model} predicts {prediction_type!r}, which the training loss does not know; "
+                        f"it trains {' and '.join(PREDICTION_TYPES)} models only")
+
+
 @dataclass
 class OptimConfig:
     """AdamW on the method's parameters. `scale_lr` multiplies lr by batch x accumulation x devices, as the
@@ -152,8 +162,10 @@ class ConceptModule(L.LightningModule):
     def noised_and_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
         """The noised latents and what the UNet must predict from them (noise, or v for v-prediction models)."""
         sched = self.noise_scheduler
+        prediction = sched.config.prediction_type
+        check_prediction_type(self.model_name, prediction)
         noisy = sched.add_noise(latents, noise, t)
-        target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        target = sched.get_velocity(latents, noise, t) if prediction == "v_prediction" else noise
         return noisy, target
 
     def unet_conditioning(self, prompts: list[str], images: torch.Tensor) -> dict:

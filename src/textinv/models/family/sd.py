@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from textinv.models.family.base import ModelFamily, PromptEncoding
+from textinv.models.random_weights import SD_ARCHS, build_random
 
 
 class SDFamily(ModelFamily):
@@ -13,11 +14,7 @@ class SDFamily(ModelFamily):
     parts = ("text_encoder",)
     default_resolution = 512
 
-    @property
-    def archs(self) -> dict:
-        from textinv.models.frozen_sd import ARCHS
-
-        return ARCHS
+    archs = SD_ARCHS
 
     def load_tokenizers(self, source) -> list:
         from transformers import CLIPTokenizer
@@ -32,10 +29,7 @@ class SDFamily(ModelFamily):
         return [source._pretrained(CLIPTextModel, "text_encoder")]
 
     def build_random(self, arch: str, seed: int):
-        from textinv.models.frozen_sd import build_random
-
-        text_encoder, vae, unet, _ = build_random(arch, seed)
-        return [text_encoder], vae, unet
+        return build_random(arch, seed)
 
     def encode(self, text_encoders: list, tokenizers: list, ids: list[torch.Tensor]) -> PromptEncoding:
         encoder, batch = text_encoders[0], ids[0].to(text_encoders[0].device)

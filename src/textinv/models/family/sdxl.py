@@ -19,49 +19,8 @@ from __future__ import annotations
 import torch
 
 from textinv.models.family.base import ModelFamily, PromptEncoding
+from textinv.models.random_weights import SDXL_ARCHS, build_random
 
-VOCAB = 49408
-_CLIP = dict(vocab_size=VOCAB, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, scaling_factor=0.13025, force_upcast=True)
-
-# Architectures with random weights, built in code (nothing downloaded). `sdxl_arch` is SDXL base 1.0's
-# configuration (stabilityai/stable-diffusion-xl-base-1.0: unet/, vae/, text_encoder/, text_encoder_2/).
-SDXL_ARCHS: dict[str, dict[str, dict]] = {
-    "sdxl_arch": dict(
-        text=dict(**_CLIP, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  hidden_act="quick_gelu", projection_dim=768),
-        text_2=dict(**_CLIP, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                    hidden_act="gelu", projection_dim=1280),
-        unet=dict(
-            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816, norm_num_groups=32,
-        ),
-        vae=dict(**_VAE, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                 norm_num_groups=32, sample_size=1024),
-    ),
-    # SDXL-shaped and tiny (tests): two encoders of DIFFERENT widths (32, 48), so a swapped half fails loudly.
-    "sdxl_tiny": dict(
-        text=dict(**_CLIP, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  hidden_act="quick_gelu", projection_dim=32),
-        text_2=dict(**_CLIP, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                    hidden_act="gelu", projection_dim=48),
-        unet=dict(
-            sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), cross_attention_dim=80,
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=48 + 6 * 8, norm_num_groups=8,
-        ),
-        vae=dict(**_VAE, layers_per_block=1, block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                 up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=32),
-    ),
-}
 FILE_KEYS = ("clip_l", "clip_g")  # A1111 / ComfyUI / kohya keys of the two halves, in `parts` order
 
 
@@ -95,17 +54,7 @@ class SDXLFamily(ModelFamily):
         return encoders
 
     def build_random(self, arch: str, seed: int):
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-        cfg = SDXL_ARCHS[arch]
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            encoders = [CLIPTextModel(CLIPTextConfig(**cfg["text"])),
-                        CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_2"]))]
-            vae = AutoencoderKL(**cfg["vae"])
-            unet = UNet2DConditionModel(**cfg["unet"])
-        return encoders, vae, unet
+        return build_random(arch, seed)
 
     # --- prompts -> UNet conditioning ---------------------------------------------------------
     def encode(self, text_encoders: list, tokenizers: list, ids: list[torch.Tensor]) -> PromptEncoding:
