@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from textinv.app.generation import TOY_MODEL, Request as GenerationRequest, model_arguments
 from textinv.app.jobs import past_generations
-from textinv.app.runs_index import FINISHED, RunEntry, scan
+from textinv.app.runs_index import FINISHED, scan
 from textinv.app.safety import Refused, check_csrf, form_float, form_int, relative_id
 from textinv.models.generation import SCHEDULERS
 from textinv.runs.layout import diffusers_file
@@ -27,7 +27,7 @@ def learned_words(root) -> list[dict]:
     for e in scan(root):
         if e.status == FINISHED and e.result is not None and not e.result.baseline and diffusers_file(e.path).is_file():
             words.append({"id": e.id, "token": str(e.info.get("placeholder") or e.result.get("placeholder")),
-                          "concept": e.result.concept, "model": model_arguments(e.result.get("model")),
+                          "concept": e.result.concept, "model": model_arguments(e.result.config.get("model")),
                           "model_label": e.result.model_id})
     return words
 

@@ -4,8 +4,10 @@ When training methods become pluggable, this is the one place that learns to loa
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,22 +55,40 @@ def model_arguments(node) -> dict:
     return {k: node[k] for k in MODEL_KEYS if node.get(k) is not None}
 
 
-def generate_images(request: Request, on_unet_call: Callable[[], None] = lambda: None) -> list:
-    """Images of the request (PIL, image k from seed + k), each with its prompt and seed (GeneratedImage);
-    `on_unet_call` runs before every UNet forward (progress; raising Cancelled there stops the job)."""
+_loaded: dict[str, tuple] = {}  # the last model loaded: (source, frozen model); reloading costs seconds per job
+_load_lock = threading.Lock()
+
+
+def frozen_model(model: dict):
+    """The model of `model`'s arguments, loaded once and kept (one at a time): each job gets its own copies of
+    the tokenizers and text encoders, which loading embeddings changes in place; the UNet and VAE are shared."""
     import torch
 
     from textinv.models.frozen_sd import ModelSource
+
+    key = json.dumps(model, sort_keys=True)
+    with _load_lock:
+        if key not in _loaded:
+            _loaded.clear()
+            source = ModelSource(**model)
+            frozen = source.load(source.load_tokenizer())
+            _loaded[key] = (source, frozen.to("cuda") if torch.cuda.is_available() else frozen)
+        source, frozen = _loaded[key]
+        mine = copy.copy(frozen)
+        for name in ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"):
+            setattr(mine, name, copy.deepcopy(getattr(frozen, name)))
+        return source, mine
+
+
+def generate_images(request: Request, on_unet_call: Callable[[], None] = lambda: None) -> list:
+    """Images of the request (PIL, image k from seed + k), each with its prompt and seed (GeneratedImage);
+    `on_unet_call` runs before every UNet forward (progress; raising Cancelled there stops the job)."""
     from textinv.models.generation import ImageGenerator, resolve_tokens
 
-    source = ModelSource(**request.model)
+    source, frozen = frozen_model(request.model)
     widths = source.info().widths
     loaded = [source.family.read_embedding(Path(f), widths) for f in request.embeddings]
-    tokenizer = source.load_tokenizer()
-    names = resolve_tokens(tokenizer, loaded)
-    frozen = source.load(tokenizer)
-    if torch.cuda.is_available():
-        frozen.to("cuda")
+    names = resolve_tokens(frozen.tokenizer, loaded)
     generator = ImageGenerator.from_frozen(frozen, request.scheduler)
     generator.load_embeddings(loaded, names)
     hook = generator.unet.register_forward_pre_hook(lambda *_: on_unet_call())

@@ -119,19 +119,22 @@ class JobQueue:
                 name = f"{s.index:04d}.png"
                 atomic_write(job.out_dir / name, lambda tmp, img=s.image: img.save(tmp, format="PNG"))
                 job.images.append(name)
-            job.status = DONE
+            status, message = DONE, ""
         except Cancelled:
-            job.status, job.message = CANCELLED, f"cancelled after {job.done} of {job.total} steps"
+            status, message = CANCELLED, f"cancelled after {job.done} of {job.total} steps"
         except UserError as err:
-            job.status, job.message = FAILED, str(err)
+            status, message = FAILED, str(err)
         except Exception as err:  # the page shows one line; the log keeps the traceback
             log.exception("generation job %s failed", job.id)
-            job.status, job.message = FAILED, f"{type(err).__name__}: {err}"
+            status, message = FAILED, f"{type(err).__name__}: {err}"
         job.seconds = round(time.perf_counter() - job.started, 2)
-        self._write(job)
+        job.message = message
+        self._write(job, status)  # settings.json first: whoever sees the final status finds it on disk
+        job.status = status
 
-    def _write(self, job: Job) -> None:
-        atomic_write_text(job.out_dir / SETTINGS_FILE, json.dumps(job.record(), indent=2))
+    def _write(self, job: Job, status: str | None = None) -> None:
+        record = {**job.record(), **({"status": status} if status else {})}
+        atomic_write_text(job.out_dir / SETTINGS_FILE, json.dumps(record, indent=2))
 
 
 def past_generations(root: Path, limit: int = 20) -> list[dict]:

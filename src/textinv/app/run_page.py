@@ -22,6 +22,7 @@ from textinv.runs.results import FULL, LIGHT, METRIC_LABELS, TABLE_METRICS, RunR
 
 router = APIRouter()
 MAX_TRAINING_IMAGES = 12
+PROJECT_ROOT = Path(__file__).resolve().parents[3]  # src/textinv/app/ -> the checkout
 THUMB = 160
 # README "Using the embedding in other tools": where the root file goes and how a prompt names it.
 TOOLS = (("AUTOMATIC1111 web UI", "stable-diffusion-webui/embeddings/", "{name}"),
@@ -58,8 +59,8 @@ def training_thumbnails(result: RunResult) -> list[str]:
     if not data_dir:
         return []
     folder = Path(str(data_dir)).expanduser()
-    if not folder.is_absolute():  # relative to where training ran: the project root, as in the README
-        folder = Path.cwd() / folder
+    if not folder.is_absolute():  # relative to where training ran: here, else the project root (the README's)
+        folder = next((f for f in (Path.cwd() / folder, PROJECT_ROOT / folder) if f.is_dir()), folder)
     try:
         paths = list_image_files(folder)[:MAX_TRAINING_IMAGES]
     except (UserError, OSError):
