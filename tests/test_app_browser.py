@@ -93,6 +93,7 @@ def test_browse_compare_and_generate(server, page, tmp_path):
     page.goto(base + "/")
     page.click("text=demo/ti")
     page.wait_for_selector("#steps-grid")
+    page.wait_for_load_state("load")  # every image, the curves PNG included (drawn on request)
     assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
     shot(page, shots, "run")
     page.click("#generate-with")
@@ -104,7 +105,7 @@ def test_browse_compare_and_generate(server, page, tmp_path):
     page.fill('input[name="steps"]', "3")
     page.fill('input[name="seed"]', "5")
     page.click("#generate-submit")
-    page.wait_for_function("document.getElementById('job').dataset.status === 'done'", timeout=300_000)
+    page.locator('#job[data-status="done"]').wait_for(timeout=300_000)  # the page's CSP forbids eval'd waits
     page.wait_for_selector("#job-images img")
     assert page.evaluate("document.querySelector('#job-images img').naturalWidth") == 64
     assert page.inner_text("#job-steps") == "3 / 3"
