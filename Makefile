@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo toyworld test bench clean
+.PHONY: install demo toyworld test bench clean app
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ bench: install
 	$(PY) -m textinv.bench
 	$(PY) -m textinv.bench --model sdxl_arch --resolution 256 --steps 5 --parts floor,train,peer \
 		$(if $(PEER_SCRIPT),--peer-script $(PEER_SCRIPT))
+
+# The local web page over outputs/ (ARGS="--runs DIR --port N"); http://127.0.0.1:8000/ by default.
+app: install
+	$(PY) -m textinv app $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -86,3 +86,25 @@ def reference_run(tmp_path_factory, demo_images) -> Path:
     proc = run_script("train.py", *tiny_overrides(run_dir, demo_images), f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
+
+
+# --- the web page (tests/test_app*.py) ------------------------------------------------------------
+APP_RUN_ARGS = ["experiment=toyworld", "concept=toy_heart", "logger=csv", "~callbacks.progress_bar",
+                "trainer.log_every_n_steps=1", "eval.every_n_steps=2", "eval.num_images=1", "eval.sampler_steps=2",
+                "eval.light.num_images=1", "eval.light.sampler_steps=1",
+                "callbacks.model_checkpoint.every_n_train_steps=2", "callbacks.embedding_writer.every_n_steps=2",
+                "callbacks.validation_loss.every_n_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def app_runs(tmp_path_factory) -> Path:
+    """A runs folder as `make demo` leaves it, in miniature: demo/baseline (the SD row) and demo/ti (2 steps of
+    textual inversion on the toy world), evaluated at steps 0 and 2 with one image per prompt."""
+    from textinv.training.job import train
+
+    root = tmp_path_factory.mktemp("app") / "outputs"
+    cache = root.parent / "baseline_cache"
+    common = [*APP_RUN_ARGS, f"eval.baseline_cache='{cache}'", "steps=2"]
+    train(compose(*common, f"run_dir='{root / 'demo' / 'baseline'}'", "baseline=true"))
+    train(compose(*common, f"run_dir='{root / 'demo' / 'ti'}'", "eval.at_steps=[0]"))
+    return root

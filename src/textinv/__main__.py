@@ -10,6 +10,7 @@ COMMANDS = {  # name -> (module with main(argv), one line for the help)
     "convert": ("textinv.methods.textual_inversion.convert", "convert embedding files between tools' layouts"),
     "toyworld": ("textinv.toyworld.cli", "draw, pretrain or inspect the miniature world"),
     "bench": ("textinv.bench.main", "time training and evaluation against their floors (make bench)"),
+    "app": ("textinv.app.main", "the local web page: browse and compare runs, generate with learned words"),
 }
 
 

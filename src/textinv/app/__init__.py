@@ -1,0 +1,16 @@
+"""The local web page (`python -m textinv app`): browse the runs under a folder, compare them, and generate with
+what they learned. Modules, one job each:
+
+    server.py     the FastAPI app factory: templates, static files, error pages, the routers below
+    main.py       the command: argument parsing, the loopback default, uvicorn
+    safety.py     paths confined to the runs folder, the CSRF token, form-value parsing
+    runs_index.py every run under the folder (status, header, cost, final metrics), read tolerantly
+    runs_pages.py the runs list, Table 1, the trade-off plot and sweep curves (textinv.runs.report/sweep_report)
+    run_page.py   one run: images per prompt and step, curves, embedding norms, files and prompt syntax
+    plots.py      PNGs drawn with matplotlib, in memory
+    generation.py the one function that turns form settings into images (textinv.models.generation)
+    jobs.py       the generation queue: one worker per model, progress, cancel
+    generate_page.py the generate form and the job endpoints
+
+Later features (the rating study) add a router in their own module and register it in server.py.
+"""

@@ -1,0 +1,100 @@
+"""The one function that turns the generate form into images: a model source + learned embedding files +
+sampling settings -> images, through textinv.models.generation.ImageGenerator (the code generate.py runs).
+When training methods become pluggable, this is the one place that learns to load their files."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+# ModelSource's arguments a run's config.yaml may set; its `_target_` is never instantiated (a run folder must
+# not choose code for the server to run).
+MODEL_KEYS = ("source", "hub_id", "path", "revision", "name", "prediction_type", "seed", "family", "resolution")
+TOY_MODEL = {"source": "toy", "name": "toy", "resolution": 64}
+
+
+class Cancelled(Exception):
+    """The job's cancel flag was seen between two sampler steps."""
+
+
+@dataclass
+class Request:
+    model: dict  # ModelSource arguments (MODEL_KEYS)
+    embeddings: list[str] = field(default_factory=list)  # learned embedding files (absolute paths)
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance_scale: float = 5.0
+    num_images: int = 1
+    scheduler: str = "ddim"
+    batch_size: int = 4
+
+    @property
+    def model_key(self) -> str:
+        """Jobs of one model run one at a time."""
+        return json.dumps(self.model, sort_keys=True)
+
+    @property
+    def unet_calls(self) -> int:
+        """UNet forwards of the job (one per sampler step per batch): its progress bar's length."""
+        return self.steps * math.ceil(self.num_images / self.batch_size)
+
+    def settings(self) -> dict:
+        return asdict(self)
+
+
+def model_arguments(node) -> dict:
+    """ModelSource arguments from a run's `model:` config node (unknown keys and `_target_` dropped)."""
+    node = node if isinstance(node, dict) else {}
+    return {k: node[k] for k in MODEL_KEYS if node.get(k) is not None}
+
+
+_loaded: dict[str, tuple] = {}  # the last model loaded: (source, frozen model); reloading costs seconds per job
+_load_lock = threading.Lock()
+
+
+def frozen_model(model: dict):
+    """The model of `model`'s arguments, loaded once and kept (one at a time): each job gets its own copies of
+    the tokenizers and text encoders, which loading embeddings changes in place; the UNet and VAE are shared."""
+    import torch
+
+    from textinv.models.frozen_sd import ModelSource
+
+    key = json.dumps(model, sort_keys=True)
+    with _load_lock:
+        if key not in _loaded:
+            _loaded.clear()
+            source = ModelSource(**model)
+            frozen = source.load(source.load_tokenizer())
+            _loaded[key] = (source, frozen.to("cuda") if torch.cuda.is_available() else frozen)
+        source, frozen = _loaded[key]
+        mine = copy.copy(frozen)
+        for name in ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2"):
+            setattr(mine, name, copy.deepcopy(getattr(frozen, name)))
+        return source, mine
+
+
+def generate_images(request: Request, on_unet_call: Callable[[], None] = lambda: None) -> list:
+    """Images of the request (PIL, image k from seed + k), each with its prompt and seed (GeneratedImage);
+    `on_unet_call` runs before every UNet forward (progress; raising Cancelled there stops the job)."""
+    from textinv.models.generation import ImageGenerator, resolve_tokens
+
+    source, frozen = frozen_model(request.model)
+    widths = source.info().widths
+    loaded = [source.family.read_embedding(Path(f), widths) for f in request.embeddings]
+    names = resolve_tokens(frozen.tokenizer, loaded)
+    generator = ImageGenerator.from_frozen(frozen, request.scheduler)
+    generator.load_embeddings(loaded, names)
+    hook = generator.unet.register_forward_pre_hook(lambda *_: on_unet_call())
+    try:
+        rows = generator.samples([request.prompt], request.num_images, request.seed, request.steps,
+                                 request.guidance_scale, request.negative_prompt, batch_size=request.batch_size)
+    finally:
+        hook.remove()
+    return rows[0]
