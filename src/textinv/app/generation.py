@@ -83,14 +83,16 @@ def frozen_model(model: dict):
 def generate_images(request: Request, on_unet_call: Callable[[], None] = lambda: None) -> list:
     """Images of the request (PIL, image k from seed + k), each with its prompt and seed (GeneratedImage);
     `on_unet_call` runs before every UNet forward (progress; raising Cancelled there stops the job)."""
-    from textinv.models.generation import ImageGenerator, resolve_tokens
+    from textinv.methods.textual_inversion import families
+    from textinv.methods.textual_inversion.loading import load_embeddings, resolve_tokens
+    from textinv.models.generation import ImageGenerator
 
     source, frozen = frozen_model(request.model)
     widths = source.info().widths
-    loaded = [source.family.read_embedding(Path(f), widths) for f in request.embeddings]
+    loaded = [families.read_embedding(source.family, Path(f), widths) for f in request.embeddings]
     names = resolve_tokens(frozen.tokenizer, loaded)
     generator = ImageGenerator.from_frozen(frozen, request.scheduler)
-    generator.load_embeddings(loaded, names)
+    load_embeddings(generator, loaded, names)
     hook = generator.unet.register_forward_pre_hook(lambda *_: on_unet_call())
     try:
         rows = generator.samples([request.prompt], request.num_images, request.seed, request.steps,
