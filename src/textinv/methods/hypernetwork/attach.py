@@ -10,10 +10,22 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Sequence
 
+import torch
 from diffusers.models.attention_processor import Attention
 
 from textinv.errors import UserError
 from textinv.methods.hypernetwork.network import Hypernetwork
+
+
+def attention_widths_from_config(unet_config: dict) -> list[int]:
+    """The same widths from a UNet config alone: the UNet is built on the meta device (no memory, no weights), so
+    a width the model lacks is refused before any weights load, for any architecture diffusers can build."""
+    from diffusers import UNet2DConditionModel
+
+    config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    return attention_input_widths(unet)
 
 
 def attention_input_widths(unet) -> list[int]:
