@@ -48,3 +48,13 @@ def kohya_file(folder: str | Path, name: str, suffix: str = "") -> Path:
 def sdxl_file(folder: str | Path, name: str, suffix: str = "") -> Path:
     """SDXL runs' root file {"clip_l", "clip_g"}, named after the token."""
     return Path(folder) / f"{name}{suffix}.safetensors"
+
+
+def hypernetwork_file(folder: str | Path, name: str, suffix: str = "") -> Path:
+    """A hypernetwork run's root file: AUTOMATIC1111's `.pt` layout, which ComfyUI reads too."""
+    return Path(folder) / f"{name}{suffix}.pt"
+
+
+def hypernetwork_safetensors_file(folder: str | Path, name: str, suffix: str = "") -> Path:
+    """Its pickle-free copy (this project's safetensors layout; see textinv.methods.hypernetwork.files)."""
+    return Path(folder) / SAFETENSORS_DIR / f"{name}{suffix}.safetensors"

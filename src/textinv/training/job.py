@@ -28,6 +28,7 @@ from textinv.evaluation.callback import EvaluationCallback, log_evaluation
 from textinv.evaluation.plan import make_plan
 from textinv.evaluation.evaluator import EvalConfig, Evaluator, baseline_cache_key, image_folder_name, save_images, write_metrics
 from textinv.methods.base import Method
+from textinv.runs.results import BASELINE_ROW
 from textinv.models.frozen_sd import ModelSource
 from textinv.training.resume import check_resume, run_identity
 from textinv.runs.lock import folder_lock
@@ -99,6 +100,7 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     eval_prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or [])
                     if "{}" in p]
     method.check(tokenizer, train_prompts, eval_prompts)
+    method.check_model(source)
     if cfg.baseline:
         check_word(tokenizer, cfg.init)
     if ckpt_path is not None:
@@ -125,7 +127,8 @@ def run_header(cfg: DictConfig, concept: Concept, source: ModelSource, method: M
     return {"concept": concept.name, "kind": concept.kind, "placeholder": concept.placeholder,
             "initializer": cfg.init, "baseline": bool(cfg.baseline), "model": source.name, "seed": cfg.seed,
             "model_location": source.path or source.hub_id, "lr": cfg.lr, "steps": cfg.steps,
-            **method.header(), "family": source.family.name}
+            "method": method.name,
+            "row": BASELINE_ROW if cfg.baseline else method.row_label, **method.header(), "family": source.family.name}
 
 
 def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource, method: Method,
