@@ -27,3 +27,22 @@ def test_bad_schedules_are_one_line(bad, says):
     with pytest.raises(UserError, match=says) as err:
         parse_lr(bad)
     assert "\n" not in str(err.value) and "lr=" in str(err.value)
+
+
+def test_a_schedule_string_drives_training_and_its_end_must_match_steps(tmp_path, demo_images):
+    import csv
+
+    from conftest import compose, tiny_overrides
+    from textinv.training.job import check_numbers, train
+
+    with pytest.raises(UserError, match="ends training at step 4 but steps=6"):
+        check_numbers(compose(*tiny_overrides(tmp_path / "x", demo_images, 6), "lr='1e-3:2, 1e-4:4'"))
+    with pytest.raises(UserError, match="use one of them"):
+        check_numbers(compose(*tiny_overrides(tmp_path / "x", demo_images, 4), "lr='1e-3:2, 1e-4:4'",
+                              "module.optim.schedule=cosine"))
+    run = tmp_path / "run"
+    train(compose(*tiny_overrides(run, demo_images, 4), "lr='1e-3:2, 1e-4:4'", "trainer.log_every_n_steps=1",
+                  "module.optim.scale_lr=false"))
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("lr")]
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)

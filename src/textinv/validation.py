@@ -36,7 +36,8 @@ PRECISIONS = Literal[32, 64, 16, "32", "64", "16", "bf16", "32-true", "64-true",
 
 # key -> (type, what is allowed, as the error says it)
 TRAIN_RULES: dict[str, tuple[Any, str]] = {
-    "lr": (Num(gt=0), "a positive number, e.g. lr=5e-4 (a too large one stops with a NaN report, exit 3)"),
+    "lr": (Union[Num(gt=0), Str], "a positive number, e.g. lr=5e-4 (a too large one stops with a NaN report, exit "
+                                  "3), or a schedule string such as lr='5e-3:100, 1e-3:1000, 1e-5'"),
     "steps": (Int(ge=1, le=10_000_000), "a positive number of optimizer steps (whole), e.g. steps=3000"),
     "seed": (SEED, "a whole number from 0 to 2**32-1"),
     "baseline": (Bool, "true or false"),

@@ -28,6 +28,7 @@ from textinv.evaluation.callback import EvaluationCallback, log_evaluation
 from textinv.evaluation.plan import make_plan
 from textinv.evaluation.evaluator import EvalConfig, Evaluator, baseline_cache_key, image_folder_name, save_images, write_metrics
 from textinv.methods.base import Method
+from textinv.training.lr_schedule import parse_lr
 from textinv.runs.results import BASELINE_ROW
 from textinv.models.frozen_sd import ModelSource
 from textinv.training.resume import check_resume, run_identity
@@ -46,8 +47,17 @@ warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)"
 
 
 def check_numbers(cfg: DictConfig) -> None:
-    """Every user-facing value against its declared type and range (textinv.validation)."""
+    """Every user-facing value against its declared type and range (textinv.validation), and the learning-rate
+    schedule string against the run's length."""
     validate(cfg)
+    rates = parse_lr(cfg.lr)
+    if len(rates.pieces) > 1:
+        if cfg.module.optim.schedule != "constant":
+            raise UserError(f"lr={cfg.lr!r} is a schedule and module.optim.schedule={cfg.module.optim.schedule!r} "
+                            "another; use one of them (module.optim.schedule=constant with a schedule string)")
+        if rates.end_step is not None and rates.end_step != cfg.steps:
+            raise UserError(f"lr={cfg.lr!r} ends training at step {rates.end_step} but steps={cfg.steps}; set "
+                            f"steps={rates.end_step}, or end the schedule with a bare rate (it then runs to the end)")
 
 
 def check_resolution(resolution: int, multiple: int) -> None:

@@ -36,7 +36,7 @@ def run_identity(cfg: DictConfig, placeholder: str, model_name: str, model_locat
     """What a checkpoint of this run belongs to; `method`: the training method's identity (Method.identity)."""
     o = cfg.module.optim
     return {"placeholder": placeholder, "model": model_name, "model_location": model_location, **method,
-            "lr": float(cfg.lr), "seed": int(cfg.seed), "batch_size": int(cfg.data.batch_size),
+            "lr": cfg.lr if isinstance(cfg.lr, str) else float(cfg.lr), "seed": int(cfg.seed), "batch_size": int(cfg.data.batch_size),
             "accumulate_grad_batches": int(cfg.trainer.accumulate_grad_batches), "schedule": str(o.schedule),
             "warmup_steps": int(o.warmup_steps), "weight_decay": float(o.weight_decay), "scale_lr": bool(o.scale_lr),
             "steps": int(cfg.steps)}
