@@ -167,3 +167,29 @@ def _read_safetensors(path: Path) -> LoadedHypernetwork:
         states.setdefault(int(width), ({}, {}))[PROJECTIONS.index(projection)][rest] = value
     network = _build(path, _spec_from(meta, path), states)
     return LoadedHypernetwork(path, network, str(meta.get("name") or path.stem), int(meta.get("step") or 0))
+
+
+def is_hypernetwork_file(path: Path) -> bool:
+    """A hypernetwork in either layout (cheap for safetensors: the header's metadata; a .pt is read safely)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
+        return False
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                return (f.metadata() or {}).get("format") == "textinv-hypernetwork"
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not readable as either: the embedding converter says why
+        return False
+    return isinstance(data, dict) and any(isinstance(k, int) for k in data)
+
+
+def convert_hypernetwork(src: Path, out: Path) -> Path:
+    """Between AUTOMATIC1111's .pt and the safetensors copy, weights and settings unchanged."""
+    loaded = read_hypernetwork(src)
+    writers = {".pt": save_a1111_hypernetwork, ".safetensors": save_safetensors_hypernetwork}
+    if out.suffix not in writers:
+        raise UserError(f"{out}: a hypernetwork converts to NAME.pt (AUTOMATIC1111, ComfyUI) or NAME.safetensors")
+    return writers[out.suffix](out, loaded.hypernetwork, loaded.name, loaded.step)
