@@ -288,3 +288,109 @@ def invokeai_sdxl_folder(folder: Path) -> dict:
 
 SDXL_TOOLS = {"automatic1111": a1111_sdxl_folder, "comfyui": comfyui_sdxl_folder, "kohya": kohya_sdxl_folder,
               "invokeai": invokeai_sdxl_folder}
+
+
+# --- Hypernetworks: AUTOMATIC1111 v1.10.1 modules/hypernetworks/hypernetwork.py, ComfyUI nodes_hypernetwork.py ---
+# Each returns {width: (key transform, value transform)}, each transform x -> x + mlp(x) * multiplier, rebuilt by
+# that tool's rule from the file alone (restated from their sources; none of their code is used).
+HN_ACTIVATIONS_COMFYUI = {"linear": torch.nn.Identity, "relu": torch.nn.ReLU, "leakyrelu": torch.nn.LeakyReLU,
+                          "elu": torch.nn.ELU, "swish": torch.nn.Hardswish, "tanh": torch.nn.Tanh,
+                          "sigmoid": torch.nn.Sigmoid, "softsign": torch.nn.Softsign, "mish": torch.nn.Mish}
+
+
+def _a1111_activation(name):
+    """AUTOMATIC1111: its named ones plus every torch.nn activation class by lower-cased name."""
+    import inspect
+
+    table = {n.lower(): c for n, c in inspect.getmembers(torch.nn.modules.activation, inspect.isclass)
+             if c.__module__ == "torch.nn.modules.activation"}
+    table.update({"linear": torch.nn.Identity, "swish": torch.nn.Hardswish})
+    if name not in table:
+        raise ToolRefused(f"unsupported activation function: {name}")
+    return table[name]
+
+
+def _residual(seq, multiplier):
+    return lambda x: x + seq(x) * multiplier
+
+
+def a1111_hypernetwork(path: Path, multiplier: float = 1.0) -> dict:
+    """Listed only as **/*.pt; loaded through the safe check; integer keys only; modules built from the metadata
+    (missing activate_output means True, missing dropout structure derived from use_dropout) and loaded strictly."""
+    if path.suffix != ".pt":
+        raise ToolRefused(f"{path.name}: AUTOMATIC1111 lists hypernetworks as *.pt only")
+    a1111_safe_check(path)
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    structure = sd.get("layer_structure", [1, 2, 1])
+    activation = sd.get("activation_func", None)
+    layer_norm = sd.get("is_layer_norm", False)
+    activate_output = sd.get("activate_output", True)
+    dropouts = sd.get("dropout_structure", None)
+    if dropouts is None:
+        use, last = sd.get("use_dropout", False), sd.get("last_layer_dropout", False)
+        n = len(structure)
+        dropouts = [0] * n if not use else [0] + [0.3] * (n - 3) + [0.3 if last else 0] + [0]
+    out = {}
+    for width, pair in sd.items():
+        if type(width) is not int:
+            continue
+        transforms = []
+        for state in pair:
+            layers = []
+            for i in range(len(structure) - 1):
+                layers.append(torch.nn.Linear(int(width * structure[i]), int(width * structure[i + 1])))
+                if not (activation in ("linear", None) or (i >= len(structure) - 2 and not activate_output)):
+                    layers.append(_a1111_activation(activation)())
+                if layer_norm:
+                    layers.append(torch.nn.LayerNorm(int(width * structure[i + 1])))
+                if dropouts[i + 1] > 0:
+                    layers.append(torch.nn.Dropout(p=dropouts[i + 1]))
+            seq, holder = torch.nn.Sequential(*layers), torch.nn.Module()
+            holder.linear = seq  # its module names its Sequential `linear`, and loads strictly
+            holder.load_state_dict(dict(state), strict=True)
+            transforms.append(_residual(seq.eval(), multiplier))
+        out[width] = tuple(transforms)
+    return out
+
+
+def comfyui_hypernetwork(path: Path, strength: float = 1.0) -> dict:
+    """torch.load(weights_only=True); keys that int() accepts; per module, the `.weight` keys in dict order are
+    its layers: a Linear each, the activation unless 'linear' (after the last entry only with activate_output,
+    missing meaning False), the next entry taken as LayerNorm when is_layer_norm, Dropout(0.3) by its own rule
+    (never put in eval mode). Unsupported activation: logged, no hypernetwork."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    activation = sd.get("activation_func", "linear")
+    if activation not in HN_ACTIVATIONS_COMFYUI:
+        raise ToolRefused(f"unsupported hypernetwork activation {activation}")
+    layer_norm, use_dropout = sd.get("is_layer_norm", False), sd.get("use_dropout", False)
+    activate_output, last_dropout = sd.get("activate_output", False), sd.get("last_layer_dropout", False)
+    out = {}
+    for key in sd:
+        try:
+            width = int(key)
+        except (TypeError, ValueError):
+            continue
+        transforms = []
+        for state in sd[key]:
+            names = [k[: -len(".weight")] for k in state if k.endswith(".weight")]
+            layers, i = [], 0
+            while i < len(names):
+                last, penultimate = i == len(names) - 1, i == len(names) - 2
+                w, b = state[f"{names[i]}.weight"], state[f"{names[i]}.bias"]
+                lin = torch.nn.Linear(w.shape[1], w.shape[0])
+                lin.load_state_dict({"weight": w, "bias": b})
+                layers.append(lin)
+                if activation != "linear" and (not last or activate_output):
+                    layers.append(HN_ACTIVATIONS_COMFYUI[activation]())
+                if layer_norm:
+                    i += 1
+                    w, b = state[f"{names[i]}.weight"], state[f"{names[i]}.bias"]
+                    ln = torch.nn.LayerNorm(w.shape[0])
+                    ln.load_state_dict({"weight": w, "bias": b})
+                    layers.append(ln)
+                if use_dropout and not last and (not penultimate or last_dropout):
+                    layers.append(torch.nn.Dropout(p=0.3))
+                i += 1
+            transforms.append(_residual(torch.nn.Sequential(*layers), strength))
+        out[width] = tuple(transforms)
+    return out

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 COMMANDS = {  # name -> (module with main(argv), one line for the help)
-    "convert": ("textinv.methods.textual_inversion.convert", "convert embedding files between tools' layouts"),
+    "convert": ("textinv.methods.convert", "convert learned files (embeddings, hypernetworks) between tools' layouts"),
     "toyworld": ("textinv.toyworld.cli", "draw, pretrain or inspect the miniature world"),
     "bench": ("textinv.bench.main", "time training and evaluation against their floors (make bench)"),
     "app": ("textinv.app.main", "the local web page: browse and compare runs, generate with learned words"),

@@ -2,7 +2,7 @@
 
 import sys
 
-from textinv.methods.textual_inversion.convert import main
+from textinv.methods.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

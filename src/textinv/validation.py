@@ -16,6 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import Field, TypeAdapter, ValidationError
 
 from textinv.errors import UserError
+from textinv.methods.hypernetwork.network import ACTIVATIONS as HN_ACTIVATIONS
+from textinv.methods.hypernetwork.network import INITS as HN_INITS
 
 # strict: no "5" -> 5, no True -> 1; floats accept ints; NaN/inf are never allowed.
 Int = lambda **c: Annotated[int, Field(strict=True, **c)]  # noqa: E731
@@ -34,7 +36,8 @@ PRECISIONS = Literal[32, 64, 16, "32", "64", "16", "bf16", "32-true", "64-true",
 
 # key -> (type, what is allowed, as the error says it)
 TRAIN_RULES: dict[str, tuple[Any, str]] = {
-    "lr": (Num(gt=0), "a positive number, e.g. lr=5e-4 (a too large one stops with a NaN report, exit 3)"),
+    "lr": (Union[Num(gt=0), Str], "a positive number, e.g. lr=5e-4 (a too large one stops with a NaN report, exit "
+                                  "3), or a schedule string such as lr='5e-3:100, 1e-3:1000, 1e-5'"),
     "steps": (Int(ge=1, le=10_000_000), "a positive number of optimizer steps (whole), e.g. steps=3000"),
     "seed": (SEED, "a whole number from 0 to 2**32-1"),
     "baseline": (Bool, "true or false"),
@@ -63,6 +66,16 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
     "method.num_vectors": (Int(ge=1, le=75), "a whole number from 1 to 75 (the text encoder's 77-token window "
                                              "minus start and end)"),
     "method.init_method": (Literal["word", "random"], "word or random"),
+    "method.layer_structure": (list[Num(gt=0, le=64)], "a list of positive width multipliers starting and ending "
+                                                        "with 1, e.g. [1,2,1]"),
+    "method.activation": (Literal[tuple(HN_ACTIVATIONS)], f"is unknown; use one of {', '.join(HN_ACTIVATIONS)}"),
+    "method.weight_init": (Literal[tuple(HN_INITS)], f"is unknown; use one of {', '.join(HN_INITS)}"),
+    "method.layer_norm": (Bool, "true or false"),
+    "method.use_dropout": (Bool, "true or false"),
+    "method.last_layer_dropout": (Bool, "true or false"),
+    "method.activate_output": (Bool, "true or false"),
+    "method.widths": (Union[Literal["auto"], list[Int(ge=1, le=16384)]], "auto or a list of attention input widths, "
+                                                                          "e.g. [768, 320]"),
     "module.frozen_dtype": (Literal["auto", "fp32", "fp16", "bf16"], "auto, fp32, fp16 or bf16"),
     "module.optim.weight_decay": (Num(ge=0, le=1), "a number from 0 to 1"),
     "module.optim.betas": (tuple[Num(ge=0, lt=1), Num(ge=0, lt=1)], "two numbers in [0, 1), e.g. [0.9,0.999]"),
@@ -119,6 +132,8 @@ GENERATE_RULES: dict[str, tuple[Any, str]] = {
     "prompt": (Union[Str, list[Str]], 'a prompt, e.g. prompt="A <my-token> in the forest", or a list'),
     "embeddings": (Union[Str, list[Str]], "a list of embedding files, e.g. embeddings=[run/my-token.pt]"),
     "tokens": (Union[Str, list[Union[Str, None]], None], "null or one word per embedding file"),
+    "hypernetworks": (Union[Str, list[Str]], "a list of hypernetwork files, e.g. hypernetworks=[run/my-style.pt]"),
+    "hypernetwork_multiplier": (Num(ge=-10, le=10), "a number from -10 to 10, e.g. hypernetwork_multiplier=0.8"),
     "num_images": (Int(ge=1, le=100_000), "a positive whole number"),
     "seed": (SEED, "a whole number from 0 to 2**32-1"),
     "steps": (Int(ge=1, le=10_000), "a positive whole number"),

@@ -24,6 +24,7 @@ Usage: python -m textinv.bench [--resolution 256] [--steps 6] [--model sd15_arch
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -94,13 +95,13 @@ class _StepTimer:
         self.callback = Cb()
 
 
-def train_steps(model: str, resolution: int, steps: int, device: str) -> dict:
+def train_steps(model: str, resolution: int, steps: int, device: str, method: str = "textual_inversion") -> dict:
     from hydra.utils import instantiate
 
     from textinv.training.job import build_trainer, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _compose(f"model={model}", "concept=demo", f"data.resolution={resolution}", "data.batch_size=1",
+        cfg = _compose(f"model={model}", f"method={method}", "concept=demo", f"data.resolution={resolution}", "data.batch_size=1",
                        "trainer.accumulate_grad_batches=1", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
                        f"steps={steps + 1}", "logger=csv", f"run_dir={tmp}", "~callbacks.model_checkpoint",
                        "~callbacks.progress_bar", "callbacks.embedding_writer.every_n_steps=0",
@@ -207,9 +208,10 @@ def peer(model: str, resolution: int, steps: int, device: str, script: str | Non
                       concept.initializer)
 
 
-PARTS = {"floor": floor, "train": train_steps, "generate": generation, "peer": peer}
+PARTS = {"floor": floor, "train": train_steps, "train_hn": functools.partial(train_steps, method="hypernetwork"),
+         "generate": generation, "peer": peer}
 # peer: on request (it needs the script), e.g. --model sdxl_arch --parts floor,train,peer
-DEFAULT_PARTS = "floor,train,generate"
+DEFAULT_PARTS = "floor,train,train_hn,generate"
 
 
 def call_part(part: str, args) -> dict:
@@ -306,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
               "load_avg_1min_before": load_before, "load_avg_1min_after_each_part": load_during,
               **{f"{part}_seconds": [round(x, 3) for x in r["seconds"]] for part, r in results.items()
                  if isinstance(r.get("seconds"), list)}}
-    for part in ("floor", "train", "peer"):  # under load the fastest step is the least disturbed one
+    for part in ("floor", "train", "train_hn", "peer"):  # under load the fastest step is the least disturbed one
         if part in results:
             report[f"{part}_s_per_step_min"] = round(min(results[part]["seconds"]), 3)
     if "floor" in results and "train" in results:
@@ -323,7 +325,15 @@ def main(argv: list[str] | None = None) -> None:
         report["ratio_min"] = round(report["train_s_per_step_min"] / report["floor_s_per_step_min"], 3)
         print(f"  ratio {t / f:.3f} (target <= 1.15; fastest steps {report['ratio_min']:.3f}); optimizer state "
               f"{report['optimizer_state_bytes']} bytes")
-    else:
+    if "floor" in results and "train_hn" in results:
+        f, h = (statistics.median(results[k]["seconds"]) for k in ("floor", "train_hn"))
+        report.update(train_hn_s_per_step=round(h, 3), train_hn_ratio=round(h / f, 3),
+                      train_hn_peak_gb=round(results["train_hn"]["peak_memory_gb"], 2),
+                      train_hn_optimizer_state_bytes=results["train_hn"]["optimizer_state_bytes"])
+        print(f"  hypernetwork training step:          {h:.3f} s/step, peak {report['train_hn_peak_gb']} GiB, ratio "
+              f"{h / f:.3f} to the floor (it adds MLPs on every attention's keys and values); optimizer state "
+              f"{report['train_hn_optimizer_state_bytes']} bytes")
+    if not ("floor" in results and "train" in results):
         for part in ("floor", "train"):
             if part in results:
                 report[f"{part}_s_per_step"] = round(statistics.median(results[part]["seconds"]), 3)

@@ -48,6 +48,9 @@ class Method(nn.Module):
     def check(self, tokenizer, train_prompts: Iterable[str], eval_prompts: Iterable[str]) -> None:
         """Refuse bad input with a UserError, using the tokenizer only (no weights are loaded yet)."""
 
+    def check_model(self, source) -> None:
+        """Refuse options the model cannot take, from its configs alone (`ModelSource`; no weights load)."""
+
     def identity(self) -> dict:
         """The method's options a checkpoint must match to be resumed (keys are `method.<key>` overrides)."""
         return {}
@@ -111,6 +114,10 @@ class GenerationFiles:
     """A method's files for generate.py: read, checked, ready to go into a generator."""
 
     words: list[str]  # what prompts must contain for the files to act (empty: they act on every prompt)
+
+    def rewrite_prompts(self, prompts: list[str]) -> list[str]:
+        """The prompts as the generator must read them (a method's own prompt syntax removed)."""
+        return prompts
 
     def load_into(self, generator) -> None:
         raise NotImplementedError

@@ -191,6 +191,12 @@ class ModelSource:
             self._family = SDXL if unet_cfg.get("addition_embed_type") == "text_time" else SD
         return self._family
 
+    def unet_config(self) -> dict:
+        """The UNet's config without its weights (a model folder's or hub snapshot's file, or the code architecture)."""
+        if self.source == "hub":
+            return self._config(UNet2DConditionModel, "unet")
+        return dict(self.family.archs[self.source]["unet"])
+
     def load_tokenizer(self) -> CLIPTokenizer:
         return self.load_tokenizers()[0]
 

@@ -274,6 +274,7 @@ def _run_generate(cfg, out_dir: Path) -> Path:
     source: ModelSource = instantiate(cfg.model)
     tokenizer = source.load_tokenizer()
     files = get_class(cfg.method._target_).generation_files(cfg, source, tokenizer)  # the method's files
+    prompts = files.rewrite_prompts(prompts)
     names = files.words
     for prompt in prompts:
         missing = [n for n in names if n.lower() not in prompt.lower()]

@@ -65,6 +65,16 @@ def sdxl_file(folder: str | Path, name: str, suffix: str = "") -> Path:
     return Path(folder) / f"{name}{suffix}.safetensors"
 
 
+def hypernetwork_file(folder: str | Path, name: str, suffix: str = "") -> Path:
+    """A hypernetwork run's root file: AUTOMATIC1111's `.pt` layout, which ComfyUI reads too."""
+    return Path(folder) / f"{name}{suffix}.pt"
+
+
+def hypernetwork_safetensors_file(folder: str | Path, name: str, suffix: str = "") -> Path:
+    """Its pickle-free copy (this project's safetensors layout; see textinv.methods.hypernetwork.files)."""
+    return Path(folder) / SAFETENSORS_DIR / f"{name}{suffix}.safetensors"
+
+
 # --- the run folder ----------------------------------------------------------------------------
 CONFIG_FILE = "config.yaml"
 FINISHED_MARKER = "run.json"

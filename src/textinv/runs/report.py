@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 from textinv.evaluation.schedule import protocol_of
 from textinv.utils.atomic import atomic_write_text
-from textinv.runs.results import (BASELINE_ROW, METRIC_LABELS, ROW_ORDER, STUDY_TABLE, TABLE_METRICS, TI_ROW, RunResult,
+from textinv.runs.results import (BASELINE_ROW, METRIC_LABELS, ROW_ORDER, STUDY_TABLE, TABLE_METRICS, TI_ROW, HN_ROW, RunResult,
                       Stat)
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def tradeoff_plot(path: str | Path, runs: Sequence[RunResult], rows: Sequence[di
     """Reconstruction (y) vs editability (x): one point per run, coloured by row; row means with
     their spread as error bars; the study's reported numbers as star markers."""
     plt = pyplot()
-    colours = {BASELINE_ROW: "tab:blue", TI_ROW: "tab:orange"}
+    colours = {BASELINE_ROW: "tab:blue", TI_ROW: "tab:orange", HN_ROW: "tab:green"}
     fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=120)
     try:
         for row in rows:

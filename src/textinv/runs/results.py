@@ -31,8 +31,8 @@ from textinv.runs.layout import (FINISHED_MARKER, METRICS_FILE, METRICS_PATH, PR
 
 log = logging.getLogger(__name__)
 
-BASELINE_ROW, TI_ROW = "SD", "SD + TI"
-ROW_ORDER = (BASELINE_ROW, TI_ROW)
+BASELINE_ROW, TI_ROW, HN_ROW = "SD", "SD + TI", "SD + HN"
+ROW_ORDER = (BASELINE_ROW, TI_ROW, HN_ROW)
 
 # The study's Table 1 (CLIP-based, higher is better for both).
 STUDY_TABLE = {
@@ -79,7 +79,8 @@ class RunResult:
 
     @property
     def row(self) -> str:
-        return BASELINE_ROW if self.baseline else TI_ROW
+        """The table row: the untouched model, or the method that trained (runs before methods: TI)."""
+        return BASELINE_ROW if self.baseline else str(self.header.get("row") or TI_ROW)
 
     def has_protocol(self, protocol: str) -> bool:
         return any(protocol_of(e) == protocol for e in self.evaluations)
@@ -126,8 +127,11 @@ class RunResult:
 
     @property
     def word(self) -> str:
-        """What stands in for {} in the prompts: the initializer word (baseline) or the learned token."""
-        return str(self.header.get("initializer") if self.baseline else self.header.get("placeholder"))
+        """What stands in for {} in the prompts: the initializer word (baseline), else the method's word (the
+        learned token; a hypernetwork's initializer word)."""
+        if self.baseline:
+            return str(self.header.get("initializer"))
+        return str(self.header.get("word") or self.header.get("placeholder"))
 
     def value(self, key: str, evaluation: dict | None = None) -> float | None:
         """A finite number from an evaluation record (the final one by default), else None."""

@@ -31,6 +31,8 @@ from textinv.evaluation.schedule import evaluation_schedule
 from textinv.evaluation.plan import make_plan
 from textinv.evaluation.evaluator import EvalConfig, Evaluator, baseline_cache_key
 from textinv.methods.base import Method
+from textinv.training.lr_schedule import parse_lr
+from textinv.runs.results import BASELINE_ROW
 from textinv.models.frozen_sd import ModelSource
 from textinv.training.resume import check_resume, run_identity
 from textinv.runs.layout import FINISHED_MARKER, config_file, finished_marker, last_checkpoint
@@ -49,8 +51,17 @@ warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)"
 
 
 def check_numbers(cfg: DictConfig) -> None:
-    """Every user-facing value against its declared type and range (textinv.validation)."""
+    """Every user-facing value against its declared type and range (textinv.validation), and the learning-rate
+    schedule string against the run's length."""
     validate(cfg)
+    rates = parse_lr(cfg.lr)
+    if len(rates.pieces) > 1:
+        if cfg.module.optim.schedule != "constant":
+            raise UserError(f"lr={cfg.lr!r} is a schedule and module.optim.schedule={cfg.module.optim.schedule!r} "
+                            "another; use one of them (module.optim.schedule=constant with a schedule string)")
+        if rates.end_step is not None and rates.end_step != cfg.steps:
+            raise UserError(f"lr={cfg.lr!r} ends training at step {rates.end_step} but steps={cfg.steps}; set "
+                            f"steps={rates.end_step}, or end the schedule with a bare rate (it then runs to the end)")
 
 
 def check_resolution(resolution: int, multiple: int) -> None:
@@ -106,6 +117,7 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     eval_prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or [])
                     if "{}" in p]
     method.check(tokenizer, train_prompts, eval_prompts)
+    method.check_model(source)
     if cfg.baseline:
         check_word(tokenizer, cfg.init)
     if ckpt_path is not None:
@@ -132,7 +144,8 @@ def run_header(cfg: DictConfig, concept: Concept, source: ModelSource, method: M
     return {"concept": concept.name, "kind": concept.kind, "placeholder": concept.placeholder,
             "initializer": cfg.init, "baseline": bool(cfg.baseline), "model": source.name, "seed": cfg.seed,
             "model_location": source.path or source.hub_id, "lr": cfg.lr, "steps": cfg.steps,
-            **method.header(), "family": source.family.name}
+            "method": method.name,
+            "row": BASELINE_ROW if cfg.baseline else method.row_label, **method.header(), "family": source.family.name}
 
 
 def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource, method: Method,

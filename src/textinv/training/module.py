@@ -22,6 +22,7 @@ from diffusers.optimization import get_scheduler
 
 from textinv.errors import NumericalFault, UserError
 from textinv.methods.base import Method
+from textinv.training.lr_schedule import parse_lr
 from textinv.models.frozen_sd import FrozenSD
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class OptimConfig:
     """AdamW on the method's parameters. `scale_lr` multiplies lr by batch x accumulation x devices, as the
     original work did (its 5e-3 base became 0.04 on 2 GPUs x batch 4)."""
 
-    lr: float = 5e-4
+    lr: float | str = 5e-4  # or AUTOMATIC1111's schedule string "5e-3:100, 1e-3:1000, 1e-5" (training/lr_schedule.py)
     weight_decay: float = 0.0  # >0 pulls the trained weights toward zero: off by default
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -196,17 +197,23 @@ class ConceptModule(L.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------------
     def effective_lr(self) -> float:
+        """The first rate of the schedule, scaled when `scale_lr` (every later rate keeps its ratio to it)."""
         o = self.optim
+        first = parse_lr(o.lr).first_rate
         if not o.scale_lr:
-            return o.lr
+            return first
         dm = self.trainer.datamodule
-        return o.lr * dm.batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        return first * dm.batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size
 
     def configure_optimizers(self):
         lr = self.effective_lr()
-        log.info("learning rate %.3g (base %.3g, scale_lr=%s)", lr, self.optim.lr, self.optim.scale_lr)
+        log.info("learning rate %.3g (base %s, scale_lr=%s)", lr, self.optim.lr, self.optim.scale_lr)
         opt = torch.optim.AdamW(list(self.method.parameters()), lr=lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
                                 weight_decay=self.optim.weight_decay)
+        rates = parse_lr(self.optim.lr)
+        if len(rates.pieces) > 1:  # a schedule string is the whole schedule (checked against optim.schedule early)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, rates.factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         try:
             sched = get_scheduler(self.optim.schedule, opt, num_warmup_steps=self.optim.warmup_steps,
                                   num_training_steps=max(1, self.trainer.max_steps))

@@ -36,7 +36,8 @@ def run_identity(cfg: DictConfig, word: str, model_name: str, model_location: st
     always used), the model, the training method's identity (Method.identity) and the shared hyperparameters."""
     o = cfg.module.optim
     return {"placeholder": word, "model": model_name, "model_location": model_location, **method,
-            "lr": float(cfg.lr), "seed": int(cfg.seed), "batch_size": int(cfg.data.batch_size),
+            "lr": cfg.lr if isinstance(cfg.lr, str) else float(cfg.lr),  # a number, or a schedule string
+            "seed": int(cfg.seed), "batch_size": int(cfg.data.batch_size),
             "accumulate_grad_batches": int(cfg.trainer.accumulate_grad_batches), "schedule": str(o.schedule),
             "warmup_steps": int(o.warmup_steps), "weight_decay": float(o.weight_decay), "scale_lr": bool(o.scale_lr),
             "steps": int(cfg.steps)}
