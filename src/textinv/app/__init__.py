@@ -1,7 +1,8 @@
 """The local web page (`python -m textinv app`): browse the runs under a folder, compare them, and generate with
 what they learned. Modules, one job each:
 
-    server.py     the FastAPI app factory: templates, static files, error pages, the routers below
+    server.py     the FastAPI app factory: static files, error pages, the routers below
+    rendering.py  templates/ and render(): what the server and every page share
     main.py       the command: argument parsing, the loopback default, uvicorn
     safety.py     paths confined to the runs folder, the CSRF token, form-value parsing
     runs_index.py every run under the folder (status, header, cost, final metrics), read tolerantly

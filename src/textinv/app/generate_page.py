@@ -41,7 +41,7 @@ def model_choices(words: list[dict]) -> dict[str, dict]:
 
 
 def form_page(request: Request, values: dict, message: str = "", status: int = 200):
-    from textinv.app.server import render
+    from textinv.app.rendering import render
 
     root = request.app.state.root
     words = learned_words(root)
@@ -129,7 +129,7 @@ def job_state(request: Request, job) -> dict:
 
 @router.get("/job")
 def job_page(request: Request, id: str):
-    from textinv.app.server import render
+    from textinv.app.rendering import render
 
     job = job_or_404(request, id)
     return render(request, "job.html", {"job": job, "state": job_state(request, job),

@@ -162,7 +162,7 @@ def listed_files(root: Path, run_dir: Path, limit: int = 200) -> list[dict]:
 
 @router.get("/run")
 def run(request: Request, id: str, protocol: str = FULL, step: int | None = None):
-    from textinv.app.server import render
+    from textinv.app.rendering import render
 
     if protocol not in (FULL, LIGHT):
         raise Refused(f"protocol={protocol!r}; use {FULL} or {LIGHT}")

@@ -30,7 +30,7 @@ def root_of(request: Request) -> Path:
 
 @router.get("/")
 def index(request: Request, q: str = "", status: str = "", sort: str = "run", desc: bool = False):
-    from textinv.app.server import render
+    from textinv.app.rendering import render
 
     if sort not in SORT_KEYS:
         raise Refused(f"sort={sort!r} is not a column; use one of {', '.join(SORT_KEYS)}")
@@ -77,7 +77,7 @@ def selection_query(ids: list[str], include_unfinished: bool, **extra) -> str:
 
 @router.get("/table")
 def table(request: Request, run: list[str] = Query(default=[]), include_unfinished: bool = False):
-    from textinv.app.server import render
+    from textinv.app.rendering import render
 
     runs = selected_runs(request, run, include_unfinished)
     warnings = comparability_warnings(runs)
@@ -114,7 +114,7 @@ def sweep_key(runs, by: str) -> str:
 
 @router.get("/sweep")
 def sweep(request: Request, run: list[str] = Query(default=[]), by: str = "", include_unfinished: bool = False):
-    from textinv.app.server import render
+    from textinv.app.rendering import render
 
     runs = selected_runs(request, run, include_unfinished)
     by = sweep_key(runs, by)

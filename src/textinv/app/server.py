@@ -9,19 +9,16 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textinv.app.jobs import JobQueue
-from textinv.app.safety import CSRF_COOKIE, CSRF_FIELD, Refused, csrf_token
+from textinv.app.rendering import HERE, render
+from textinv.app.safety import CSRF_COOKIE, Refused
 from textinv.errors import UserError
 
 log = logging.getLogger(__name__)
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.globals.update(csrf_field=CSRF_FIELD)
 # Everything from this server only: no CDN, font or analytics request can leave the machine.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -30,12 +27,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-
-
-def render(request: Request, name: str, context: dict, status: int = 200) -> HTMLResponse:
-    """A page of templates/, with the session's CSRF token for its forms."""
-    return templates.TemplateResponse(request, name, {"csrf": csrf_token(request), **context},
-                                      status_code=status)
 
 
 def error_page(request: Request, message: str, status: int):
