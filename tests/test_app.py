@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from textinv.app.safety import CSRF_COOKIE  # noqa: E402
 from textinv.app.server import create_app  # noqa: E402
+from textinv.errors import UserError  # noqa: E402
 from textinv.runs.report import fmt  # noqa: E402
 from textinv.runs.results import load_run  # noqa: E402
 
@@ -223,3 +224,12 @@ def test_generation_on_the_toy_world_with_progress_and_cancel(client, runs):
     end = wait(client, long_id, lambda s: s["status"] not in ("queued", "running"))
     assert end["status"] == "cancelled" and 0 < end["done"] < end["total"] and end["images"] == []
     assert json.loads((runs / end["folder"] / "settings.json").read_text())["status"] == "cancelled"
+
+
+def test_a_run_folder_cannot_choose_code_for_the_server_to_run(tmp_path):
+    from textinv.app.generation import model_source
+
+    marker = tmp_path / "ran"
+    with pytest.raises(UserError, match="is not a model this page loads"):
+        model_source({"_target_": "pathlib.Path.touch", "self": str(marker)})
+    assert not marker.exists()

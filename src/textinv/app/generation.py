@@ -12,10 +12,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-# ModelSource's arguments a run's config.yaml may set; its `_target_` is never instantiated (a run folder must
+from textinv.errors import UserError
+
+# ModelSource's arguments a run's config.yaml may set; its `_target_` only from MODEL_TARGETS (a run folder must
 # not choose code for the server to run).
-MODEL_KEYS = ("source", "hub_id", "path", "revision", "name", "prediction_type", "seed", "family", "resolution")
-TOY_MODEL = {"source": "toy", "name": "toy", "resolution": 64}
+MODEL_KEYS = ("_target_", "source", "hub_id", "path", "revision", "name", "prediction_type", "seed", "family",
+              "resolution")
+# What a run's `model._target_` may name: the page builds models from run folders, so it never calls any other
+# target a config file holds (the toy world's is named by string, as conf/model/toy.yaml names it).
+MODEL_TARGETS = ("textinv.models.frozen_sd.ModelSource", "textinv.toyworld.plugins.model_source")
+TOY_MODEL = {"_target_": "textinv.toyworld.plugins.model_source", "source": "toy", "name": "toy", "resolution": 64}
 
 
 class Cancelled(Exception):
@@ -55,6 +61,17 @@ def model_arguments(node) -> dict:
     return {k: node[k] for k in MODEL_KEYS if node.get(k) is not None}
 
 
+def model_source(model: dict):
+    """The ModelSource of a request's model arguments, through an allow-listed `_target_` only."""
+    from hydra.utils import get_method
+
+    args = dict(model)
+    target = args.pop("_target_", MODEL_TARGETS[0])
+    if target not in MODEL_TARGETS:
+        raise UserError(f"model._target_={target!r} is not a model this page loads ({', '.join(MODEL_TARGETS)})")
+    return get_method(target)(**args)
+
+
 _loaded: dict[str, tuple] = {}  # the last model loaded: (source, frozen model); reloading costs seconds per job
 _load_lock = threading.Lock()
 
@@ -64,13 +81,11 @@ def frozen_model(model: dict):
     the tokenizers and text encoders, which loading embeddings changes in place; the UNet and VAE are shared."""
     import torch
 
-    from textinv.models.frozen_sd import ModelSource
-
     key = json.dumps(model, sort_keys=True)
     with _load_lock:
         if key not in _loaded:
             _loaded.clear()
-            source = ModelSource(**model)
+            source = model_source(model)
             frozen = source.load(source.load_tokenizer())
             _loaded[key] = (source, frozen.to("cuda") if torch.cuda.is_available() else frozen)
         source, frozen = _loaded[key]

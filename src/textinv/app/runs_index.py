@@ -16,7 +16,8 @@ from pathlib import Path
 
 from textinv.errors import UserError
 from textinv.runs.lock import LOCK_NAME
-from textinv.runs.results import FINISHED_MARKER, METRICS_FILE, TABLE_METRICS, RunResult, find_run_dirs, load_run
+from textinv.runs.layout import FINISHED_MARKER, METRICS_PATH, finished_marker, last_checkpoint, metrics_file
+from textinv.runs.results import TABLE_METRICS, RunResult, find_run_dirs, load_run
 
 GENERATIONS_DIR = "app-generations"  # the page's own outputs, below the runs folder
 FINISHED, RUNNING, INTERRUPTED, FAILED = "finished", "running", "interrupted", "failed"
@@ -39,7 +40,9 @@ class RunEntry:
     def method(self) -> str:
         if self.result is None:
             return "?"
-        return "baseline (SD)" if self.result.baseline else str(self.result.get("method") or "textual inversion")
+        if self.result.baseline:
+            return "baseline (SD)"
+        return str(self.result.header.get("method") or "textual_inversion").replace("_", " ")  # older runs: TI
 
     @property
     def final(self) -> dict:
@@ -95,7 +98,7 @@ def log_reason(run_dir: Path) -> str:
 
 
 def run_status(run_dir: Path) -> tuple[str, str, dict]:
-    info = read_json_tolerant(run_dir / FINISHED_MARKER)
+    info = read_json_tolerant(finished_marker(run_dir))
     if isinstance(info, dict):
         notes = []
         if info.get("evaluation_failures"):
@@ -103,12 +106,12 @@ def run_status(run_dir: Path) -> tuple[str, str, dict]:
         if info.get("unchanged_vectors"):
             notes.append(str((info["unchanged_vectors"] or {}).get("why") or "unchanged vectors"))
         return FINISHED, "; ".join(notes), info
-    if (run_dir / FINISHED_MARKER).exists():
+    if (finished_marker(run_dir)).exists():
         return RUNNING, f"{FINISHED_MARKER} is being written", {}
     if (run_dir / LOCK_NAME).exists():
         return RUNNING, "", {}
     reason = log_reason(run_dir)
-    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if last_checkpoint(run_dir).is_file():
         return INTERRUPTED, reason or "stopped before the last step; re-run the same command to resume", {}
     return FAILED, reason or "no run.json and no checkpoint", {}
 
@@ -137,7 +140,7 @@ def scan(root: Path) -> list[RunEntry]:
         return []
     top, skip = root.resolve(), (root / GENERATIONS_DIR).resolve()
     inside = [d for d in dirs if (d == top or top in d.parents) and skip not in d.parents]  # symlinks out: left out
-    return [load_entry(root, d) for d in inside if os.access(d / METRICS_FILE, os.R_OK)]
+    return [load_entry(root, d) for d in inside if os.access(metrics_file(d), os.R_OK)]
 
 
 def find_entry(root: Path, run_id: str) -> RunEntry | None:
@@ -145,6 +148,6 @@ def find_entry(root: Path, run_id: str) -> RunEntry | None:
     from textinv.app.safety import confined_path
 
     run_dir = confined_path(root, run_id)
-    if not (run_dir / METRICS_FILE).is_file():
+    if not metrics_file(run_dir).is_file():
         return None
     return load_entry(root, run_dir)

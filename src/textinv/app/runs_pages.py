@@ -14,7 +14,8 @@ from textinv.app.runs_index import FAILED, FINISHED, INTERRUPTED, RUNNING, scan
 from textinv.app.safety import Refused, confined_path
 from textinv.errors import UserError
 from textinv.runs.report import fmt, fmt_stat, run_csv_rows, table1_markdown, tradeoff_plot
-from textinv.runs.results import (METRIC_LABELS, METRICS_FILE, TABLE_METRICS, aggregate, comparability_warnings,
+from textinv.runs.layout import METRICS_PATH, metrics_file
+from textinv.runs.results import (METRIC_LABELS, TABLE_METRICS, aggregate, comparability_warnings,
                                   load_runs, model_row_key)
 from textinv.runs.sweep_report import (SWEPT_KEYS, by_value, step_rows, steps_plot, sweep_markdown, value_plot,
                                        varying_keys)
@@ -58,13 +59,13 @@ def selected_runs(request: Request, ids: list[str], include_unfinished: bool):
     root = root_of(request)
     if ids:
         dirs = [confined_path(root, i) for i in ids]
-        missing = [i for i, d in zip(ids, dirs) if not (d / METRICS_FILE).is_file()]
+        missing = [i for i, d in zip(ids, dirs) if not metrics_file(d).is_file()]
         if missing:
             raise Refused(f"no run {missing[0]!r} in the runs folder", 404)
     else:
         dirs = [e.path for e in scan(root) if e.result is not None]
         if not dirs:
-            raise Refused(f"no runs with {METRICS_FILE} under {root} yet", 404)
+            raise Refused(f"no runs with {METRICS_PATH} under {root} yet", 404)
     return load_runs(dirs, include_unfinished=include_unfinished)
 
 
