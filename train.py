@@ -6,13 +6,16 @@ import hydra
 from omegaconf import DictConfig
 
 from textinv.cli import check_output_dir_override, exit_on_user_error, reject_conflicting_overrides, reject_moved_keys
-from textinv.training.job import print_plan, train
 from textinv.training.sweeps import collapse_steps_sweep, sweep_job
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    # imported here: a mistake caught before this point (overrides, Hydra's composition) exits without
+    # loading torch, Lightning and diffusers (seconds of CPU)
+    from textinv.training.job import print_plan, train
+
     if cfg.get("plan"):  # what the run would spend, without loading any weights
         print_plan(cfg)
         return

@@ -56,6 +56,13 @@ def tiny_overrides(run_dir: Path, data_dir: Path, steps: int = 6, *extra: str) -
     ]
 
 
+# The miniature world's CLIP (64 px, 4 layers, shipped with the project) in place of experiment=tiny's random
+# ViT-B-32, for tests whose assertions do not depend on which CLIP scores: the same Evaluator code path, while
+# building and running a ViT-B-32 was most of an evaluated tiny run's CPU. test_metrics.py covers ViT-B-32 itself;
+# test_table.py and test_sweep_report.py keep it (they assert its numbers and its "mean nothing" note).
+SMALL_CLIP = ("eval.clip.arch=toyworld", "eval.clip.weights=null")
+
+
 def run_script(script: str, *args: str, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     env.update(kw.pop("env", {}))
@@ -108,3 +115,31 @@ def app_runs(tmp_path_factory) -> Path:
     train(compose(*common, f"run_dir='{root / 'demo' / 'baseline'}'", "baseline=true"))
     train(compose(*common, f"run_dir='{root / 'demo' / 'ti'}'", "eval.at_steps=[0]"))
     return root
+
+
+# TEXTINV_TEST_CPU=1: per test (setup + call + teardown), this process's CPU time plus its children's (tests
+# that start train.py/generate.py spend theirs in children); the 40 costliest are printed at the end. CPU, not
+# wall time, because the machines this suite runs on are shared.
+_CPU_COST: dict[str, float] = {}
+
+
+def _cpu_now() -> float:
+    import resource
+    import time
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+if os.environ.get("TEXTINV_TEST_CPU") == "1":
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        start = _cpu_now()
+        yield
+        _CPU_COST[item.nodeid] = _CPU_COST.get(item.nodeid, 0.0) + _cpu_now() - start
+
+    def pytest_terminal_summary(terminalreporter):
+        costs = sorted(_CPU_COST.items(), key=lambda kv: -kv[1])
+        terminalreporter.write_sep("=", f"CPU seconds per test (total {sum(_CPU_COST.values()):.1f} s)")
+        for nodeid, seconds in costs[:40]:
+            terminalreporter.write_line(f"{seconds:8.1f}  {nodeid}")

@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from conftest import compose, load_script, run_script, tiny_overrides
+from conftest import SMALL_CLIP, compose, load_script, run_script, tiny_overrides
 
 table = load_script("table")
 figures = load_script("figures")
 
 EVAL = ["eval.enabled=true", "eval.every_n_steps=2", "eval.num_images=2", "eval.sampler_steps=3",
-        "eval.light.num_images=1", "eval.light.sampler_steps=2", "eval.clip.weights=random", "eval.fid.weights=random",
+        "eval.light.num_images=1", "eval.light.sampler_steps=2", *SMALL_CLIP, "eval.fid.weights=random",
         "callbacks.validation_loss.every_n_steps=2", "callbacks.validation_loss.batch_size=3"]
 SCORES = ("reconstruction", "editability", "clip_i_all", "clip_t_all", "fid", "kid_mean", "kid_std", "is_mean",
           "num_images", "per_prompt")

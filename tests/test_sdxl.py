@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import CONF, compose, load_script
+from conftest import CONF, SMALL_CLIP, compose, load_script
 from textinv.errors import UserError
 from textinv.models.frozen_sd import ModelSource
 from textinv.methods.textual_inversion.placeholder import install_placeholder
 
 EVAL = ["eval.enabled=true", "eval.every_n_steps=0", "eval.at_steps=[]", "eval.num_images=1", "eval.sampler_steps=2",
-        "eval.fid.enabled=false", "eval.prompts=['a photo of {} on the moon']"]
+        "eval.fid.enabled=false", "eval.prompts=['a photo of {} on the moon']", *SMALL_CLIP]
 TOKEN = "<demo-toy>"
 
 

@@ -170,6 +170,7 @@ class ClipScorer:
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
+        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}  # every evaluation of a run scores the same prompts
 
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -187,6 +188,12 @@ class ClipScorer:
         """[N, D] L2-normalised text embeddings (float32, CPU)."""
         if isinstance(texts, str) or len(texts) == 0:
             raise ValueError("text_embeddings: expected a non-empty list of strings")
+        key = tuple(texts)
+        if key not in self._text_cache:
+            self._text_cache[key] = self._text_embeddings(key)
+        return self._text_cache[key].clone()
+
+    def _text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         out = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(list(texts[start:start + self.batch_size]))
