@@ -122,3 +122,21 @@ def test_generate_applies_it_with_prompt_tags_and_multiplier_zero_is_the_plain_m
     bad = run_script("generate.py", *base, "method=hypernetwork", f"hypernetworks=[{hn_run / 'demo-toy.pt'}]",
                      "prompt=a toy <hypernet:other:1>", f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "names no loaded file" in bad.stderr
+
+
+def test_sdxl_trains_a_hypernetwork_at_its_own_widths(tmp_path, demo_images):
+    from textinv.methods.hypernetwork.attach import attention_widths_from_config
+    from textinv.models.frozen_sd import ModelSource
+
+    run_dir = tmp_path / "xl"
+    train(compose(*tiny_overrides(run_dir, demo_images, 2), "experiment=tiny_sdxl", *HN))
+    loaded = read_hypernetwork(run_dir / "demo-toy.pt")
+    source = instantiate_model("sdxl_tiny")
+    assert loaded.hypernetwork.widths == attention_widths_from_config(source.unet_config())
+    assert source.family.name == "sdxl" and isinstance(source, ModelSource)
+
+
+def instantiate_model(name: str):
+    from hydra.utils import instantiate
+
+    return instantiate(compose(f"model={name}").model)
