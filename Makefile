@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo toyworld test bench clean app
+.PHONY: install demo toyworld test bench bench-app clean app
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,10 @@ bench: install
 # The local web page over outputs/ (ARGS="--runs DIR --port N"); http://127.0.0.1:8000/ by default.
 app: install
 	$(PY) -m textinv app $(ARGS)
+
+# The web page's targets (pages over 100 runs, a toy-world image from the page), on copies of the newest make demo.
+bench-app: install
+	$(PY) -m textinv.bench.app $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

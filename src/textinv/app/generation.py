@@ -58,7 +58,10 @@ class Request:
 def model_arguments(node) -> dict:
     """ModelSource arguments from a run's `model:` config node (unknown keys and `_target_` dropped)."""
     node = node if isinstance(node, dict) else {}
-    return {k: node[k] for k in MODEL_KEYS if node.get(k) is not None}
+    args = {k: node[k] for k in MODEL_KEYS if node.get(k) is not None}
+    if args.get("_target_") not in MODEL_TARGETS:  # runs written before the layout named their class elsewhere
+        args["_target_"] = TOY_MODEL["_target_"] if args.get("source") == "toy" else MODEL_TARGETS[0]
+    return args
 
 
 def model_source(model: dict):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from textinv.errors import UserError
 from textinv.runs.lock import LOCK_NAME
-from textinv.runs.layout import FINISHED_MARKER, METRICS_PATH, finished_marker, last_checkpoint, metrics_file
+from textinv.runs.layout import FINISHED_MARKER, config_file, finished_marker, last_checkpoint, metrics_file
 from textinv.runs.results import TABLE_METRICS, RunResult, find_run_dirs, load_run
 
 GENERATIONS_DIR = "app-generations"  # the page's own outputs, below the runs folder
@@ -116,12 +116,35 @@ def run_status(run_dir: Path) -> tuple[str, str, dict]:
     return FAILED, reason or "no run.json and no checkpoint", {}
 
 
+_PARSED: dict[Path, tuple[tuple, RunResult]] = {}  # run folder -> (its files' stamps, the parsed run)
+
+
+def _stamp(path: Path):
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def cached_run(run_dir: Path) -> RunResult:
+    """load_run, parsed again only when metrics.json or config.yaml changed (a page over 100 runs would otherwise
+    parse 100 YAML and JSON files per request)."""
+    key = (_stamp(metrics_file(run_dir)), _stamp(config_file(run_dir)))
+    hit = _PARSED.get(run_dir.resolve())
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    result = load_run(run_dir)
+    _PARSED[run_dir.resolve()] = (key, result)
+    return result
+
+
 def load_entry(root: Path, run_dir: Path) -> RunEntry:
     status, reason, info = run_status(run_dir)
     entry = RunEntry(run_dir.resolve().relative_to(root.resolve()).as_posix() or ".", run_dir, status, reason,
                      info=info)
     try:
-        entry.result = load_run(run_dir)
+        entry.result = cached_run(run_dir)
     except UserError as err:  # half-written or malformed metrics.json: the row says so
         entry.reason = "; ".join(filter(None, [entry.reason, str(err)]))
     except OSError as err:
