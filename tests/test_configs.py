@@ -30,6 +30,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from conftest import CONF
 from textinv.evaluation.plan import make_plan
+from textinv.evaluation.schedule import protocols
+from textinv.methods.base import Method
 from textinv.training.job import build_trainer, check_resolution
 from textinv.validation import GENERATE_RULES, TRAIN_RULES, validate
 
@@ -121,7 +123,9 @@ def build_train(cfg: DictConfig) -> None:
     if ships_its_weights(source):
         check_resolution(cfg.data.resolution, source.info().resolution_multiple)
     instantiate(cfg.data, _partial_=True, _convert_="all")(concept=concept)
-    assert instantiate(cfg.eval, _convert_="all").protocols(final=True)
+    assert protocols(instantiate(cfg.eval, _convert_="all"), final=True)
+    method = instantiate(cfg.method, _convert_="all")(word=concept.placeholder, initializer=cfg.init, seed=cfg.seed)
+    assert isinstance(method, Method)  # built without weights; it attaches at run time
     assert callable(instantiate(cfg.module, _convert_="all"))  # a partial: the frozen model comes at run time
     cpu = cfg.copy()
     cpu.trainer.accelerator = "cpu"
