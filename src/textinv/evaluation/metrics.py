@@ -120,6 +120,17 @@ def _one_line(err: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+
+def normalised_features(images: Sequence[Image.Image], preprocess, encode, batch_size: int, device) -> torch.Tensor:
+    """[N, D] L2-normalised features of `encode` over preprocessed RGB images, in batches (float32, CPU)."""
+    if len(images) == 0:
+        raise ValueError("image_embeddings: no images")
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([preprocess(img.convert("RGB")) for img in images[start:start + batch_size]])
+        out.append(encode(batch.to(device)).float().cpu())
+    return F.normalize(torch.cat(out), dim=-1)
+
 class ClipScorer:
     """CLIP image/text embeddings with open_clip's own preprocessing for `arch`.
 
@@ -175,13 +186,7 @@ class ClipScorer:
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[N, D] L2-normalised image embeddings (float32, CPU)."""
-        if len(images) == 0:
-            raise ValueError("image_embeddings: no images")
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(img.convert("RGB")) for img in images[start:start + self.batch_size]])
-            out.append(self.model.encode_image(batch.to(self.device)).float().cpu())
-        return F.normalize(torch.cat(out), dim=-1)
+        return normalised_features(images, self.preprocess, self.model.encode_image, self.batch_size, self.device)
 
     @torch.no_grad()
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
@@ -266,13 +271,7 @@ class DinoScorer:
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[N, 384] L2-normalised CLS features (float32, CPU)."""
-        if len(images) == 0:
-            raise ValueError("image_embeddings: no images")
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(img.convert("RGB")) for img in images[start:start + self.batch_size]])
-            out.append(self.model(batch.to(self.device)).float().cpu())
-        return F.normalize(torch.cat(out), dim=-1)
+        return normalised_features(images, self.preprocess, self.model, self.batch_size, self.device)
 
 
 # --------------------------------------------------------------------------------------------------
