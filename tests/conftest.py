@@ -60,7 +60,8 @@ def tiny_overrides(run_dir: Path, data_dir: Path, steps: int = 6, *extra: str) -
 # ViT-B-32, for tests whose assertions do not depend on which CLIP scores: the same Evaluator code path, while
 # building and running a ViT-B-32 was most of an evaluated tiny run's CPU. test_metrics.py covers ViT-B-32 itself;
 # test_table.py and test_sweep_report.py keep it (they assert its numbers and its "mean nothing" note).
-SMALL_CLIP = ("eval.clip.arch=toyworld", "eval.clip.weights=null")
+SMALL_CLIP = ("+eval.clip._target_=textinv.toyworld.plugins.WorldClip", "eval.clip.arch=toyworld",
+              "eval.clip.weights=null")
 
 
 def run_script(script: str, *args: str, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
