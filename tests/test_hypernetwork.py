@@ -208,7 +208,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
 
 def test_widths_from_the_config_alone_match_the_built_unet(tiny_frozen):
     from textinv.methods.hypernetwork.attach import attention_widths_from_config
-    from textinv.models.frozen_sd import ARCHS
+    from textinv.models.random_weights import ARCHS
 
     assert attention_widths_from_config(dict(tiny_frozen.unet.config)) == attention_input_widths(tiny_frozen.unet)
     assert attention_widths_from_config(ARCHS["sd15_arch"]["unet"]) == [320, 640, 768, 1280]  # SD 1.5's widths
