@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo toyworld test bench bench-app clean app
+.PHONY: install demo compare toyworld test bench bench-app clean app
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,20 @@ demo: install
 	@echo "  table/table.md, table/table.csv, table/tradeoff.png  the reconstruction/editability table and plot"
 	@echo "  figures/compare/grid.png, figures/steps/steps.png  SD vs SD + TI, and the concept across steps"
 	@echo "(toy-world numbers: the miniature world's CLIP scores them; they are not comparable with real SD's)"
+
+# Textual inversion vs a hypernetwork on one protocol (the miniature world): SD, SD + TI and SD + HN on a style
+# (toy_dots) and an object (toy_heart), same steps, prompts, seeds and scorer; then the three-row table.
+COMPARE_DIR ?= outputs/compare/$(shell date +%Y-%m-%d_%H-%M-%S)
+HN_LR ?= 1e-4
+
+compare: install
+	for c in toy_dots toy_heart; do \
+	  $(PY) train.py experiment=toyworld concept=$$c baseline=true hydra.run.dir=$(COMPARE_DIR)/$$c/sd || exit 1; \
+	  $(PY) train.py experiment=toyworld concept=$$c hydra.run.dir=$(COMPARE_DIR)/$$c/ti || exit 1; \
+	  $(PY) train.py experiment=toyworld concept=$$c method=hypernetwork lr=$(HN_LR) \
+	    hydra.run.dir=$(COMPARE_DIR)/$$c/hn || exit 1; \
+	done
+	$(PY) experiments/table.py $(COMPARE_DIR) --out $(COMPARE_DIR)/table
 
 # Retrain the miniature world from scratch (about 90 minutes on 2 CPU cores; resumable: run it again to go on,
 # or in pieces with ARGS="--minutes 30"). Writes src/textinv/toyworld/weights/ (committed).
