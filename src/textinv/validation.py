@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
 from textinv.errors import UserError
+from textinv.training.lr_schedule import parse_lr
 from textinv.methods.hypernetwork.network import ACTIVATIONS as HN_ACTIVATIONS
 from textinv.methods.hypernetwork.network import INITS as HN_INITS
 
@@ -25,6 +26,18 @@ Num = lambda **c: Annotated[float, Field(strict=True, allow_inf_nan=False, **c)]
 Bool = Annotated[bool, Field(strict=True)]
 Str = Annotated[str, Field(strict=True)]
 SEED = Int(ge=0, le=2**32 - 1)  # what seed_everything takes
+
+
+
+def _parses_as_schedule(text: str) -> str:
+    try:
+        parse_lr(text)
+    except UserError as err:
+        raise ValueError(str(err)) from None
+    return text
+
+
+SCHEDULE = Annotated[str, Field(strict=True), AfterValidator(_parses_as_schedule)]  # AUTOMATIC1111's "rate:step, ..."
 
 # Placeholders become file names (<name>.pt): no separators, no control characters, bounded length.
 MAX_NAME = 100
@@ -36,7 +49,7 @@ PRECISIONS = Literal[32, 64, 16, "32", "64", "16", "bf16", "32-true", "64-true",
 
 # key -> (type, what is allowed, as the error says it)
 TRAIN_RULES: dict[str, tuple[Any, str]] = {
-    "lr": (Union[Num(gt=0), Str], "a positive number, e.g. lr=5e-4 (a too large one stops with a NaN report, exit "
+    "lr": (Union[Num(gt=0), SCHEDULE], "a positive number, e.g. lr=5e-4 (a too large one stops with a NaN report, exit "
                                   "3), or a schedule string such as lr='5e-3:100, 1e-3:1000, 1e-5'"),
     "steps": (Int(ge=1, le=10_000_000), "a positive number of optimizer steps (whole), e.g. steps=3000"),
     "seed": (SEED, "a whole number from 0 to 2**32-1"),
