@@ -66,13 +66,14 @@ def sdxl_file(folder: str | Path, name: str, suffix: str = "") -> Path:
 
 
 def hypernetwork_file(folder: str | Path, name: str, suffix: str = "") -> Path:
-    """A hypernetwork run's root file: AUTOMATIC1111's `.pt` layout, which ComfyUI reads too."""
-    return Path(folder) / f"{name}{suffix}.pt"
+    """A hypernetwork run's root file (AUTOMATIC1111's `.pt` layout, which ComfyUI reads too): the same place as an
+    embedding run's root file."""
+    return universal_file(folder, name, suffix)
 
 
 def hypernetwork_safetensors_file(folder: str | Path, name: str, suffix: str = "") -> Path:
-    """Its pickle-free copy (this project's safetensors layout; see textinv.methods.hypernetwork.files)."""
-    return Path(folder) / SAFETENSORS_DIR / f"{name}{suffix}.safetensors"
+    """Its pickle-free copy (textinv.methods.hypernetwork.files), where embedding runs keep theirs."""
+    return kohya_file(folder, name, suffix)
 
 
 # --- the run folder ----------------------------------------------------------------------------
