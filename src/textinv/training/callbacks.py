@@ -79,6 +79,30 @@ class MethodFileWriter(L.Callback):
         atomic_write_text(finished_marker(self.run_dir), json.dumps(summary, indent=2))  # written last
 
 
+class FinishCompletedTraining(L.Callback):
+    """A run stopped after its last training step (say during its final evaluation) resumes with nothing left to
+    train. Lightning then skips on_train_start/on_train_end, so the final evaluation, the method's files and run.json
+    would never come and the re-run would end in silence. This callback, first in the list, runs those two hooks
+    of every callback at on_fit_end, before the others' on_fit_end writes run.json."""
+
+    def __init__(self) -> None:
+        self._loop_ran = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._loop_ran = True
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self._loop_ran or trainer.interrupted or trainer.global_step < trainer.max_steps:
+            return
+        log.info("training had already reached step %d; finishing the run (final evaluation, files, run.json)",
+                 trainer.global_step)
+        self._loop_ran = True
+        for hook in ("on_train_start", "on_train_end"):
+            for cb in trainer.callbacks:
+                if cb is not self:
+                    getattr(cb, hook)(trainer, pl_module)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written to a temporary name and renamed: never a truncated last.ckpt."""
 

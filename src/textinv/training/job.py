@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from textinv.utils.atomic import atomic_write_text
-from textinv.training.callbacks import AtomicCheckpointIO, GracefulStop
+from textinv.training.callbacks import AtomicCheckpointIO, FinishCompletedTraining, GracefulStop
 from textinv.data.datamodule import Concept, ConceptDataModule
 from textinv.errors import Interrupted, UserError
 from textinv.training.cost import CostMeter
@@ -237,6 +237,7 @@ def _train(cfg: DictConfig) -> Path:
     graceful = GracefulStop()
     meter = CostMeter(plan)
     trainer.callbacks.insert(0, meter)  # first: its UNet hook counts every other callback's forwards
+    trainer.callbacks.insert(0, FinishCompletedTraining())  # before the meter's and run.json's on_fit_end
     trainer.callbacks.append(graceful)
     for cb in trainer.callbacks:
         if isinstance(cb, ValidationLoss):
