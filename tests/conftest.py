@@ -149,3 +149,15 @@ if os.environ.get("TEXTINV_TEST_CPU") == "1":
         terminalreporter.write_sep("=", f"CPU seconds per test (total {sum(_CPU_COST.values()):.1f} s)")
         for nodeid, seconds in costs[:40]:
             terminalreporter.write_line(f"{seconds:8.1f}  {nodeid}")
+
+
+# Under pytest-xdist (`make test`) each worker takes whole files, in collection order: the longest files start
+# first, so none is left running alone at the end (ordered by the CPU seconds TEXTINV_TEST_CPU=1 reported).
+LONGEST_FIRST = ("test_learning.py", "test_eval_cost.py", "test_table.py", "test_sdxl.py", "test_reliability.py",
+                 "test_train.py", "test_sweeps.py", "test_bad_input.py", "test_generation.py",
+                 "test_hypernetwork_training.py", "test_sweep_report.py", "test_metrics.py", "test_app.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: order within a file kept
