@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from textinv.utils.atomic import atomic_write, atomic_write_text
-from textinv.cli import exit_on_user_error, out_folder, script_logging
+from textinv.cli import Parser, exit_on_user_error, out_folder, script_logging
 from textinv.errors import UserError
 from textinv.runs.report import fmt
 from textinv.evaluation.schedule import FULL, LIGHT
@@ -306,7 +306,7 @@ def positive(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = Parser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="figure", required=True)
     c = sub.add_parser("compare", help="vanilla SD vs SD + TI, same prompt and seed (Figures 5-8)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import os
@@ -79,6 +80,46 @@ def check_output_dir_override(argv: list[str]) -> None:
                 sys.exit(2)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse for every `python -m textinv ...` command and experiments/ script: a bad argument is one line
+    (`error: <prog>: <what>; see <prog> --help`) and exit 2, like every other user mistake (argparse's own
+    error prints the usage block first). Sub-commands get the same class."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        print(f"error: {self.prog}: {message}; see {self.prog} --help", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def bounded_int(low: int, high: int):
+    """An argparse type: a whole number in [low, high], else one line naming the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} must be from {low} to {high}")
+        return value
+    return parse
+
+
+def new_output_file(value: str, flag: str = "OUT"):
+    """An output file the command creates: never an existing file (it would be overwritten) or a path whose
+    folder is missing or unwritable."""
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    if path.is_file() or path.is_symlink():
+        raise UserError(f"{flag} {value} already exists; this command never overwrites a file it did not write: "
+                        "choose a new name or move it away")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{flag} {value}: its folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {value}: its folder {parent} is not writable; choose a writable folder")
+    return path
+
+
 def out_folder(value: str):
     """--out: a folder (made if missing), never an existing file; its files are written inside it only."""
     from pathlib import Path
@@ -96,11 +137,9 @@ def out_folder(value: str):
 
 def results_parser(doc: str, metavar: str):
     """The arguments experiments/table.py and sweep.py share: runs to read, where to write, W&B, unfinished runs."""
-    import argparse
     from pathlib import Path
 
-    p = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=doc)
+    p = Parser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("runs", nargs="+", metavar=metavar, help="run directories or sweep folders holding them")
     p.add_argument("--out", type=out_folder, required=True, help="output folder")
     p.add_argument("--no-wandb", action="store_true", help="do not log an (offline) W&B run")

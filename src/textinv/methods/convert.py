@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
         if len(argv) != 2:
             raise UserError("a hypernetwork file converts by its OUT suffix alone (.pt or .safetensors); "
                             "--token and --to are for embeddings")
+        embedding_convert.check_output(Path(positional[1]))
         out = convert_hypernetwork(Path(positional[0]), Path(positional[1]))
         print(f"wrote {out} (hypernetwork)")
         return

@@ -57,6 +57,9 @@ def curve_protocol(runs: Sequence["RunResult"]) -> str:
 
 def read_json(path: Path, missing: str, fix: str = ""):
     """A JSON file of a run; a missing or unreadable one is a UserError (`missing`, or invalid JSON + `fix`)."""
+    from textinv.validation import check_file_size
+
+    check_file_size(path, "run file", "leave the run out")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

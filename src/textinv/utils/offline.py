@@ -15,3 +15,33 @@ TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # huggingface_hub.constants.ENV_VARS_T
 def hub_offline() -> bool:
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
     return value is not None and value.upper() in TRUE_VALUES
+
+
+# --- a short bound on network access ------------------------------------------------------------------
+# huggingface_hub and diffusers retry each file with 10 s timeouts: with no network a hub id took 78 s to fail with
+# 12 lines, and longer when the network stalls. One request with a short timeout first tells which case this is.
+PROBE_TIMEOUT_S = float(os.environ.get("TEXTINV_HUB_PROBE_TIMEOUT", "5"))
+_reachable: dict[str, bool] = {}
+
+
+def hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable(timeout: float | None = None) -> bool:
+    """Whether the hub answers one HTTP request within `timeout` seconds (any HTTP status counts as an answer);
+    asked once per process."""
+    import urllib.error
+    import urllib.request
+
+    endpoint = hub_endpoint()
+    if endpoint not in _reachable:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint + "/api/whoami-v2", method="HEAD"),
+                                   timeout=PROBE_TIMEOUT_S if timeout is None else timeout).close()
+            _reachable[endpoint] = True
+        except urllib.error.HTTPError:
+            _reachable[endpoint] = True  # it answered
+        except Exception:  # noqa: BLE001 - DNS, refused, reset, timeout: no usable network
+            _reachable[endpoint] = False
+    return _reachable[endpoint]

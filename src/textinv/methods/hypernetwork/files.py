@@ -31,7 +31,7 @@ from textinv.methods.textual_inversion.formats import a1111_safe_torch_bytes
 from textinv.utils.atomic import atomic_write
 
 PROJECTIONS = ("k", "v")
-MAX_FILE_BYTES = 2 << 30  # a hypernetwork of SD's widths at [1, 2, 1] is ~ 80 MB; refuse what cannot be one
+MAX_FILE_BYTES = 2 << 30  # = textinv.validation.MAX_FILE_BYTES["hypernetwork"]; a hypernetwork of SD's widths at [1, 2, 1] is ~ 80 MB; refuse what cannot be one
 
 
 def spec_fields(spec: HypernetworkSpec) -> dict:
@@ -110,9 +110,9 @@ def _build(path: Path, spec: HypernetworkSpec, states: dict[int, tuple[dict, dic
 def _check_size(path: Path) -> None:
     if not path.is_file():
         raise UserError(f"hypernetwork file {path} does not exist")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise UserError(f"{path} is {path.stat().st_size / 2**30:.1f} GiB, far more than a hypernetwork; "
-                        "is it a model checkpoint?")
+    from textinv.validation import check_file_size
+
+    check_file_size(path, "hypernetwork", "is it a model checkpoint?")
 
 
 def _looks_like_torch_file(path: Path) -> bool:

@@ -132,8 +132,13 @@ def a1111_safe_torch_bytes(obj) -> bytes:
 
 
 def _read(path: Path) -> dict:
+    from textinv.validation import check_file_size
+
+    if path.is_dir():
+        raise UserError(f"embedding file {path} is a folder; give the embedding file itself (a run's <name>.pt)")
     if not path.is_file():
         raise UserError(f"embedding file {path} does not exist")
+    check_file_size(path, "embedding", "give an embedding file (a run's <name>.pt or a .safetensors of a few KB)")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
