@@ -119,15 +119,28 @@ def one_run(path: str | Path, role: str) -> RunResult:
     return load_run(dirs[0])
 
 
+def check_pair(base: RunResult, run: RunResult) -> None:
+    """A figure puts two runs side by side: they must be of one concept and one model (name, location, family and,
+    where both recorded it, the weights' fingerprint); otherwise one line says which differs."""
+    from textinv.runs.results import model_key
+
+    if base.concept != run.concept:
+        raise UserError(f"--baseline {base.run_dir} is of concept {base.concept!r} and {run.run_dir} of "
+                        f"{run.concept!r}; compare runs of the same concept")
+    if base.family != run.family or base.model_id != run.model_id or (
+            base.weights and run.weights and base.weights != run.weights):
+        raise UserError(f"--baseline {base.run_dir} used model {model_key(base, [base, run])} ({base.family}) and "
+                        f"{run.run_dir} model {model_key(run, [base, run])} ({run.family}); compare runs of the same "
+                        "model")
+
+
 def warn_settings(a: RunResult, b: RunResult) -> None:
+    check_pair(a, b)
     for key in SAME_NOISE:
         va, vb = a.settings.get(key), b.settings.get(key)
         if va != vb:
             log.warning("eval setting %s differs (%r in %s, %r in %s): images are not from the same noise and "
                         "sampler", key, va, a.run_dir, vb, b.run_dir)
-    for key in ("concept", "model"):
-        if a.header.get(key) != b.header.get(key):
-            log.warning("the runs differ in %s: %r vs %r", key, a.header.get(key), b.header.get(key))
 
 
 # --- compare: SD vs SD + TI --------------------------------------------------------------------------

@@ -149,7 +149,8 @@ def run_header(cfg: DictConfig, concept: Concept, source: ModelSource, method: M
     """What a results table groups by: written at the top of eval/metrics.json."""
     return {"concept": concept.name, "kind": concept.kind, "placeholder": concept.placeholder,
             "initializer": cfg.init, "baseline": bool(cfg.baseline), "model": source.name, "seed": cfg.seed,
-            "model_location": source.path or source.hub_id, "lr": cfg.lr, "steps": cfg.steps,
+            "model_location": source.path or source.hub_id, "model_fingerprint": model_identity(source.fingerprint()),
+            "lr": cfg.lr, "steps": cfg.steps,
             "method": method.name,
             "row": BASELINE_ROW if cfg.baseline else method.row_label, **method.header(), "family": source.family.name}
 
