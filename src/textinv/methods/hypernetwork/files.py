@@ -22,7 +22,6 @@ import pickle
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from textinv.errors import UserError
@@ -135,7 +134,7 @@ def read_hypernetwork(path: str | Path) -> LoadedHypernetwork:
             raise UserError(f"refused to load {path}: it holds Python objects beyond tensors, which could run "
                             "code (ask for the .safetensors copy)") from err
         raise UserError(f"{path} is not a readable torch file (damaged or not a torch file)") from err
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a damaged file makes torch raise almost anything (IndexError, ...)
         raise UserError(f"{path} is not a readable torch file ({type(err).__name__})") from err
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a hypernetwork file (a {type(data).__name__}, not a dict)")
@@ -156,8 +155,8 @@ def _read_safetensors(path: Path) -> LoadedHypernetwork:
         with safe_open(str(path), "pt") as f:
             raw = f.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable safetensors file ({err})") from err
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ValueError, ...
+        raise UserError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
     if raw.get("format") != "textinv-hypernetwork":
         raise UserError(f"{path} is not a hypernetwork safetensors file (format={raw.get('format')!r})")
     meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
