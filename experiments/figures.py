@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from textinv.utils.atomic import atomic_write, atomic_write_text
-from textinv.cli import Parser, exit_on_user_error, out_folder, script_logging
+from textinv.cli import Parser, claim_outputs, exit_on_user_error, out_folder, script_logging
 from textinv.errors import UserError
 from textinv.runs.report import fmt
 from textinv.evaluation.schedule import FULL, LIGHT
@@ -191,6 +191,7 @@ def compare(baseline_path: str, ti_path: str, out: Path, images: int = 4, cell: 
                             f"{sorted(set(ti.image_steps(FULL)) | set(ti.image_steps(LIGHT))) or 'none'}")
         protocol = LIGHT  # an evaluation during training: compared with the baseline's light images
     base_dir, ti_dir = base.images_dir(protocol=protocol), ti.images_dir(step, protocol)
+    claim_outputs(out, [r"p\d+\.png", r"grid\.png", r"compare\.json"], "figures.py compare")
     for run, folder in ((base, base_dir), (ti, ti_dir)):
         if not folder.is_dir():
             raise UserError(f"{run.run_dir} has no {protocol}-protocol evaluation images ({folder} is missing)")
@@ -283,6 +284,7 @@ def steps_figure(run_path: str, out: Path, images: int = 4, cell: int = 128, pro
     if cols == 0:
         raise UserError(f"{run.run_dir}: a step folder holds no images of prompt {prompt}")
     cells = [[load_cell(f, cell) for f in files[:cols]] for _, files in rows]
+    claim_outputs(out, [r"steps\.png", r"steps\.json"], "figures.py steps")
     cell_w, cell_h = cells[0][0].size
     width, height = steps_size(cols, len(rows), cell_w, cell_h)
     canvas = Image.new("RGB", (width, height), "white")

@@ -381,3 +381,22 @@ def test_convert_never_overwrites(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert code.value.code == 2 and len(err.splitlines()) == 1 and fragment in err
     assert (tmp_path / "taken.pt").read_bytes() == b"someone else's"
+
+
+def test_table_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
+    from conftest import load_script
+
+    table = load_script("table")
+    fake_run(tmp_path / "runs" / "a", "a")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "table.md").write_text("my notes")
+    with pytest.raises(SystemExit) as code:
+        table.main([str(tmp_path / "runs"), "--out", str(out), "--no-wandb"])
+    err = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and err.count("\n") == 0 and "not written by textinv" in err
+    assert (out / "table.md").read_text() == "my notes"
+    again = tmp_path / "fresh"
+    table.main([str(tmp_path / "runs"), "--out", str(again), "--no-wandb"])
+    table.main([str(tmp_path / "runs"), "--out", str(again), "--no-wandb"])  # its own files: rewritten
+    assert (again / "table.md").is_file()

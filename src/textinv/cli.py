@@ -135,6 +135,43 @@ def out_folder(value: str):
     return path
 
 
+OUTPUT_RECORD = ".textinv-outputs.json"  # in an --out folder: the file names textinv commands write there
+
+
+def claim_outputs(out, patterns: list[str], command: str) -> None:
+    """Before a command writes into --out: a file there whose name it would write (a regex of `patterns`) must have
+    been written by a textinv command (the folder's record claims the pattern), else one line refuses, so a user's
+    own `table.md` or `grid.png` is never overwritten. Then the record claims the patterns (written first: a
+    command stopped half-way leaves only files it may rewrite)."""
+    import json
+    import re
+    from pathlib import Path
+
+    from textinv.utils.atomic import atomic_write_text
+
+    out = Path(out)
+    record = out / OUTPUT_RECORD
+    claimed: list[str] = []
+    if record.is_file():
+        try:
+            claimed = list(json.loads(record.read_text(encoding="utf-8"))["patterns"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise UserError(f"--out {out}: its {OUTPUT_RECORD} is unreadable, so which files textinv wrote there is "
+                            "unknown; choose a new --out folder") from None
+    if out.is_dir():
+        ours = [re.compile(f"^(?:{p})$") for p in claimed]
+        theirs = sorted(p.name for p in out.iterdir() if p.name != OUTPUT_RECORD
+                        and any(re.match(f"^(?:{pat})$", p.name) for pat in patterns)
+                        and not any(o.match(p.name) for o in ours))
+        if theirs:
+            raise UserError(f"--out {out} already holds {', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}, "
+                            f"not written by textinv; {command} never overwrites them: choose another --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    merged = sorted(set(claimed) | set(patterns))
+    if merged != sorted(claimed):
+        atomic_write_text(record, json.dumps({"patterns": merged}, indent=2))
+
+
 def results_parser(doc: str, metavar: str):
     """The arguments experiments/table.py and sweep.py share: runs to read, where to write, W&B, unfinished runs."""
     from pathlib import Path
