@@ -45,3 +45,21 @@ def hub_reachable(timeout: float | None = None) -> bool:
         except Exception:  # noqa: BLE001 - DNS, refused, reset, timeout: no usable network
             _reachable[endpoint] = False
     return _reachable[endpoint]
+
+
+def offline_if_unreachable(what: str) -> bool:
+    """Before a download-capable load (open_clip's pretrained tags): when the hub does not answer within the probe's
+    bound, switch huggingface_hub to offline mode for this process (it then reads its cache at once, and a missing
+    file fails at once with the caller's one-line message) instead of retrying for minutes. True when switched."""
+    import logging
+
+    if hub_offline() or hub_reachable():
+        return False
+    import huggingface_hub.constants as hf_constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hf_constants.HF_HUB_OFFLINE = True
+    logging.getLogger(__name__).warning("%s does not answer within %.0f s: loading %s from the local cache only "
+                                        "(set HF_HUB_OFFLINE=1 to skip this check)", hub_endpoint(), PROBE_TIMEOUT_S,
+                                        what)
+    return True

@@ -14,7 +14,6 @@ one-encoder file) is refused with one line and exit status 2.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from textinv.cli import Parser, exit_on_user_error
