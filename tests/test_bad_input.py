@@ -400,3 +400,16 @@ def test_table_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
     table.main([str(tmp_path / "runs"), "--out", str(again), "--no-wandb"])
     table.main([str(tmp_path / "runs"), "--out", str(again), "--no-wandb"])  # its own files: rewritten
     assert (again / "table.md").is_file()
+
+
+def test_hydra_composition_mistakes_are_one_line_exit_2(tmp_path):
+    """A misspelled key, an unknown choice, an override that does not parse: Hydra's several lines and exit 1 become
+    one line and exit 2, before anything is written."""
+    for args, fragment in ((["lerning_rate=1e-3"], "lerning_rate: no such key"),
+                           (["concept=deku_treee"], "concept=deku_treee: no such concept config; available: "),
+                           (["lr=["], "does not parse")):
+        proc = run_script("train.py", "experiment=tiny", *args, f"hydra.run.dir={tmp_path / 'x'}")
+        assert_one_line_error(proc, fragment)
+    proc = run_script("generate.py", "model=tiny", "prompt=a photo", "stepz=3", f"hydra.run.dir={tmp_path / 'g'}")
+    assert_one_line_error(proc, "stepz: no such key")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "g").exists()

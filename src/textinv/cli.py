@@ -49,6 +49,60 @@ def reject_conflicting_overrides(argv: list[str]) -> None:
         seen[key] = arg
 
 
+def hydra_error_line(ex: BaseException) -> str:
+    """A Hydra composition error (several lines: what, how to append, the key's path, options) as one line."""
+    import re
+
+    text = str(ex).strip()
+    cause = ex.__cause__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(ex).__name__
+    m = re.match(r"Could not override '([^']+)'\.?", first)
+    if m:
+        why = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+        if "not in struct" in why or any("To append" in line for line in lines):
+            return (f"{m.group(1)}: no such key in the config; check its spelling (`python train.py --cfg job` lists "
+                    f"every key), or add a new one with +{m.group(1)}=...")
+        return f"could not override {m.group(1)}: {why or 'see --cfg job'}"
+    if "Available options" in text or "Could not find" in text:
+        options = []
+        for line in lines[1:]:
+            if line.startswith("Config search path"):
+                break
+            if not line.startswith(("Available options", "See https", "In '")):
+                options.append(line)
+        m = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+        what = f"{m.group(1)}={m.group(2)}: no such {m.group(1)} config" if m else first
+        return f"{what}; available: {', '.join(options)}" if options else what
+    if "override_grammar" in text or type(ex).__name__ == "OverrideParseException":
+        return (f"an override does not parse ({first}); write key=value, and quote values with spaces or "
+                "special characters, e.g. 'prompt=\"a cat, at dusk\"'")
+    return "; ".join(lines[:3])
+
+
+def one_line_hydra_errors() -> None:
+    """Hydra reports a mistake in the overrides (a misspelled key, an unknown choice, an override that does not
+    parse) over several lines with exit 1; train.py and generate.py report it like every other mistake: one line,
+    exit 2 (HYDRA_FULL_ERROR=1 still shows Hydra's own report)."""
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import CompactHydraException, InstantiationException
+
+    original = hydra_utils.run_and_report
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except CompactHydraException as ex:
+                if isinstance(ex, InstantiationException) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"error: {hydra_error_line(ex)}", file=sys.stderr, flush=True)
+                sys.exit(2)
+        return original(guarded)
+
+    hydra_utils.run_and_report = run_and_report
+
+
 # Config keys that moved: an old override fails with one line naming the new key (Hydra's own error is
 # several lines and does not say where the key went).
 MOVED_KEYS = {"module.num_vectors": "method.num_vectors", "module.init_method": "method.init_method"}
