@@ -154,10 +154,13 @@ def test_resume_refuses_changed_data_and_settings(case, stopped_run, tmp_path):
     assert digest(run_dir) == before
 
 
-def test_resume_with_the_same_data_elsewhere_is_accepted(stopped_run, tmp_path):
+def test_resume_with_the_same_data_elsewhere_is_accepted(stopped_run, tmp_path, caplog):
+    """Harmless by design (the same images in another folder, evaluation settings): applied and logged."""
     run_dir, data = stopped_run
-    _, ckpt, *_ = prepare(compose(*tiny_overrides(run_dir, copy_folder(data, tmp_path / "moved"), 2)))
+    moved = copy_folder(data, tmp_path / "moved")
+    _, ckpt, *_ = prepare(compose(*tiny_overrides(run_dir, moved, 2), "eval.num_images=3"))
     assert ckpt and ckpt.endswith("last.ckpt")
+    assert f"resuming with concept.data_dir='{moved}'" in caplog.text and "eval.num_images=3" in caplog.text
 
 
 def test_model_weights_changed_at_the_same_path_are_named(tmp_path):

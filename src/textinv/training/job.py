@@ -35,7 +35,7 @@ from textinv.methods.base import Method
 from textinv.training.lr_schedule import parse_lr
 from textinv.runs.results import BASELINE_ROW
 from textinv.models.frozen_sd import ModelSource
-from textinv.training.resume import check_resume, data_identity, model_identity, run_identity
+from textinv.training.resume import check_resume, data_identity, log_applied_changes, model_identity, run_identity
 from textinv.runs.layout import FINISHED_MARKER, config_file, finished_marker, last_checkpoint
 from textinv.runs.lock import folder_lock
 from textinv.training.sweeps import in_multirun
@@ -124,6 +124,7 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
         check_word(tokenizer, cfg.init)
     if ckpt_path is not None:
         check_resume(ckpt_path, identity(cfg, concept, source, method, datamodule))
+        log_applied_changes(config_file(run_dir), cfg)  # what passed the identity: applied, and said so
     return run_dir, ckpt_path, concept, source, datamodule, method
 
 

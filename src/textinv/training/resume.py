@@ -168,3 +168,37 @@ def check_resume(path: str | Path, expected: dict) -> None:
     if "steps" in ident and ident["steps"] != expected.get("steps"):
         log.warning("resuming with steps=%s (the checkpoint's run had steps=%s): training now ends at step %s",
                     expected.get("steps"), ident["steps"], expected.get("steps"))
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+NOT_SETTINGS = ("run_dir", "ckpt_path", "plan")  # where and how the command runs, not what it computes
+
+
+def log_applied_changes(saved_config: Path, cfg: DictConfig) -> list[str]:
+    """A resume that passed `check_resume` may still differ from the run's start in settings that do not change what
+    is trained (evaluation, logging, checkpoint cadence, workers): they are applied, and each is logged (config.yaml
+    keeps the values the run started with)."""
+    from omegaconf import OmegaConf
+
+    if not Path(saved_config).is_file():
+        return []
+    try:
+        old = _flat(OmegaConf.to_container(OmegaConf.load(saved_config), resolve=False))
+    except Exception as err:  # noqa: BLE001 - an unreadable copy only costs this log
+        log.warning("cannot compare with %s (%s): changed settings are not listed", saved_config, err)
+        return []
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                     and not k.startswith(NOT_SETTINGS) and k.split(".")[0] not in NOT_SETTINGS)
+    for key in changed:
+        log.warning("resuming with %s=%r (the run started with %r): applied from here on", key, new.get(key),
+                    old.get(key))
+    return changed
