@@ -15,11 +15,48 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, er
                        errno.ENAMETOOLONG, errno.EISDIR, errno.EIO}
 
 
+class _Signals:
+    """While a command runs: SIGTERM (whose default ends the process without a word) and Ctrl-C outside the places
+    that handle them (training, the baseline run) end it with one line saying so. Main thread only; the previous
+    handlers come back afterwards."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def stop(signum, frame):
+                from textinv.errors import Interrupted
+
+                raise Interrupted(f"stopped by {signal.Signals(signum).name} before the command finished; files "
+                                  "already written are complete (atomic writes); re-run the same command (train.py "
+                                  "resumes from its last checkpoint if it wrote one)", signum)
+
+            self.previous = signal.signal(signal.SIGTERM, stop)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
 def exit_on_user_error(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _Signals():
+                return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            if os.environ.get("TEXTINV_TRACEBACK"):
+                raise
+            print("error: stopped by SIGINT (Ctrl-C) before the command finished; files already written are complete "
+                  "(atomic writes); re-run the same command (train.py resumes from its last checkpoint if it wrote "
+                  "one)", file=sys.stderr, flush=True)
+            sys.exit(130)
         except UserError as err:
             if os.environ.get("TEXTINV_TRACEBACK"):
                 raise

@@ -164,6 +164,12 @@ class ModelSource:
     def _location(self) -> str:
         if self.path:
             folder = Path(self.path)
+            if folder.is_file() and folder.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin"):
+                raise UserError(
+                    f"model.path={self.path} is a single-file checkpoint (AUTOMATIC1111/ComfyUI style), not a diffusers "
+                    "model folder; convert it once with diffusers (StableDiffusionPipeline.from_single_file(path)"
+                    ".save_pretrained(folder)) and pass model.path=<folder>, or use model=tiny"
+                )
             if not (folder / "model_index.json").is_file() and not (folder / "unet").is_dir():
                 raise UserError(
                     f"model.path={self.path} is not a diffusers model folder (no model_index.json); "

@@ -36,7 +36,7 @@ from textinv.training.lr_schedule import parse_lr
 from textinv.runs.results import BASELINE_ROW
 from textinv.models.frozen_sd import ModelSource
 from textinv.training.resume import check_resume, data_identity, log_applied_changes, model_identity, run_identity
-from textinv.runs.layout import FINISHED_MARKER, config_file, finished_marker, last_checkpoint
+from textinv.runs.layout import FINISHED_MARKER, LAST_CHECKPOINT, config_file, finished_marker, last_checkpoint
 from textinv.runs.lock import folder_lock
 from textinv.training.sweeps import in_multirun
 from textinv.utils.atomic import confined
@@ -85,6 +85,13 @@ def resolve_resume(run_dir: Path, ckpt_path: str | None) -> str | None:
         if ckpt_path == "last":
             raise UserError(f"ckpt_path=last but {last} does not exist; drop ckpt_path to start fresh")
         return None
+    if Path(ckpt_path).is_dir():  # a run folder (or its checkpoints/): its last checkpoint
+        for candidate in (last_checkpoint(ckpt_path), Path(ckpt_path) / LAST_CHECKPOINT):
+            if candidate.is_file():
+                log.info("ckpt_path=%s is a folder: resuming from its %s", ckpt_path, candidate)
+                return str(candidate)
+        raise UserError(f"ckpt_path={ckpt_path} is a folder without checkpoints/{LAST_CHECKPOINT}; give a .ckpt file "
+                        "from a run's checkpoints/ folder or 'last'")
     if not Path(ckpt_path).is_file():
         raise UserError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt from a run's checkpoints/ folder or 'last'")
     return str(ckpt_path)

@@ -98,6 +98,9 @@ def check_output(out: Path) -> None:
 def convert(src: Path, out: Path, token: str | None = None, to: str | None = None) -> list[Path]:
     if not src.exists():
         raise UserError(f"IN {src} does not exist; give an embedding file or a diffusers folder")
+    from textinv.runs.layout import run_root_file
+
+    src = run_root_file(src, "IN")  # a run folder: its root file
     check_output(out)
     emb = read_input(src)
     check_widths(emb)
