@@ -378,7 +378,7 @@ def test_convert_never_overwrites(tmp_path, capsys):
 
     save_file({"<x>": torch.ones(1, 768)}, str(tmp_path / "in.safetensors"))
     (tmp_path / "taken.pt").write_bytes(b"someone else's")
-    for out, fragment in ((tmp_path / "taken.pt", "already exists"), (tmp_path / "no" / "dir" / "x.pt", "does not exist")):
+    for out, fragment in ((tmp_path / "taken.pt", "already exists"), (tmp_path / "taken.pt" / "x.pt", "is a file")):
         with pytest.raises(SystemExit) as code:
             main([str(tmp_path / "in.safetensors"), str(out)])
         err = capsys.readouterr().err.strip()

@@ -195,19 +195,21 @@ def bounded_int(low: int, high: int):
 
 
 def new_output_file(value: str, flag: str = "OUT"):
-    """An output file the command creates: never an existing file (it would be overwritten) or a path whose
-    folder is missing or unwritable."""
+    """An output file the command creates: never an existing file (it would be overwritten), nor a path under a
+    file or an unwritable folder (missing folders are made)."""
     from pathlib import Path
 
     path = Path(value).expanduser()
     if path.is_file() or path.is_symlink():
         raise UserError(f"{flag} {value} already exists; this command never overwrites a file it did not write: "
                         "choose a new name or move it away")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"{flag} {value}: its folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {value}: its folder {parent} is not writable; choose a writable folder")
+    probe = path.parent  # missing folders are made; the nearest existing one must be a writable folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{flag} {value}: {probe} is a file, not a folder; choose another path")
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"{flag} {value}: {probe} is not writable; choose a writable folder")
     return path
 
 

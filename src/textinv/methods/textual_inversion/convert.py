@@ -88,11 +88,7 @@ def check_output(out: Path) -> None:
             raise UserError(f"OUT {out} already holds {', '.join(taken)}; convert never overwrites: choose a new "
                             "folder or move them away")
         return
-    if out.suffix == "":  # a folder to be made: its parent must exist
-        if not out.parent.is_dir():
-            raise UserError(f"OUT {out}: its folder {out.parent} does not exist; create it first")
-        return
-    new_output_file(str(out), "OUT")
+    new_output_file(str(out / PAIR[0]) if out.suffix == "" else str(out), "OUT")
 
 
 def convert(src: Path, out: Path, token: str | None = None, to: str | None = None) -> list[Path]:
