@@ -35,7 +35,8 @@ demo: install
 	@echo "(toy-world numbers: the miniature world's CLIP scores them; they are not comparable with real SD's)"
 
 # Textual inversion vs a hypernetwork on one protocol (the miniature world): SD, SD + TI and SD + HN on a style
-# (toy_dots) and an object (toy_heart), same steps, prompts, seeds and scorer; then the three-row table.
+# (toy_dots) and an object (toy_heart), same steps, prompts, seeds and scorer; then the three-row table and, per
+# concept, the three rows' images side by side.
 COMPARE_DIR ?= outputs/compare/$(shell date +%Y-%m-%d_%H-%M-%S)
 HN_LR ?= 1e-4
 
@@ -47,14 +48,22 @@ compare: install
 	    hydra.run.dir=$(COMPARE_DIR)/$$c/hn || exit 1; \
 	done
 	$(PY) experiments/table.py $(COMPARE_DIR) --out $(COMPARE_DIR)/table
+	for c in toy_dots toy_heart; do \
+	  $(PY) experiments/figures.py compare --baseline $(COMPARE_DIR)/$$c/sd --ti $(COMPARE_DIR)/$$c/ti \
+	    $(COMPARE_DIR)/$$c/hn --out $(COMPARE_DIR)/figures/$$c || exit 1; \
+	done
 
 # Retrain the miniature world from scratch (about 90 minutes on 2 CPU cores; resumable: run it again to go on,
 # or in pieces with ARGS="--minutes 30"). Writes src/textinv/toyworld/weights/ (committed).
 toyworld: install
 	$(PY) -m textinv.toyworld pretrain $(ARGS)
 
+# One pytest-xdist worker per core (at most 4: each holds its own tiny models), whole files per worker so module
+# fixtures are built once; TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # SD 1.5 architecture (training step vs floor, evaluation generation), then SDXL's architecture at 256 px: training
 # step vs its floor and vs diffusers' textual_inversion_sdxl.py (PEER_SCRIPT=path/to/it; skipped without one).

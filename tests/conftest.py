@@ -12,6 +12,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# `make test` runs one pytest-xdist worker per core: each worker and the train.py/generate.py it starts then uses
+# one torch thread (on these tiny models a second thread mostly waits, and two workers already fill two cores).
+# Set before torch loads; the same in a worker and its subprocesses keeps their results bitwise comparable.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

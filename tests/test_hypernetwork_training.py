@@ -4,11 +4,12 @@ resume checks its options, generate.py applies it with AUTOMATIC1111's prompt ta
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import compose, run_script, tiny_overrides
+from conftest import CONF, ROOT, compose, tiny_overrides
 from textinv.errors import UserError
 from textinv.methods.hypernetwork.files import read_hypernetwork
 from textinv.training.job import prepare, train
@@ -91,25 +92,44 @@ def test_bad_options_are_one_line_before_weights_load(tmp_path, demo_images, ove
     assert "\n" not in str(err.value)
 
 
-def test_a_width_the_model_lacks_exits_2_with_one_line(tmp_path, demo_images):
-    proc = run_script("train.py", *tiny_overrides(tmp_path / "r", demo_images, 2), *HN, "method.widths=[999]",
-                      timeout=120)
-    assert proc.returncode == 2 and "no attention input of width 999" in proc.stderr, proc.stderr[-2000:]
-    assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "r" / "checkpoints").exists()
+def test_a_width_the_model_lacks_exits_2_with_one_line(tmp_path, demo_images, monkeypatch, capsys):
+    """The real entry point (Hydra + exit_on_user_error), run in this process to save an interpreter start-up."""
+    import runpy
+    import sys
+
+    monkeypatch.delenv("TEXTINV_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py", *tiny_overrides(tmp_path / "r", demo_images, 2), *HN,
+                                      "method.widths=[999]", f"hydra.run.dir={tmp_path / 'r'}",
+                                      "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no attention input of width 999" in err, err[-2000:]
+    assert err.strip().count("\n") == 0 and not (tmp_path / "r" / "checkpoints").exists()
+
+
+def generate(out, *overrides: str) -> Path:
+    """generate.py's job in this process (an interpreter start-up and model build per call was most of the cost;
+    test_generation.py runs the script itself)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from textinv.models.generation import run_generate
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("generate", overrides=["model=tiny", "num_images=1", "steps=3", "height=32", "width=32",
+                                                   f"out_dir='{out}'", *overrides])
+    return run_generate(cfg)
 
 
 def test_generate_applies_it_with_prompt_tags_and_multiplier_zero_is_the_plain_model(hn_run, tmp_path):
-    base = ["model=tiny", "num_images=1", "steps=3", "height=32", "width=32"]
     runs = {}
     for name, prompt, extra in [("tagged", "a toy <hypernet:demo-toy:0.5>", []),
                                 ("zero", "a toy <hypernet:demo-toy:0>", []),
                                 ("plain", "a toy", ["method=textual_inversion"]),
                                 ("untagged", "a toy", [])]:
-        out = tmp_path / name
-        hn = [] if extra else ["method=hypernetwork", f"hypernetworks=[{hn_run / 'demo-toy.pt'}]"]
-        proc = run_script("generate.py", *base, *hn, *extra, f"prompt={prompt}", f"hydra.run.dir={out}")
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[name] = out
+        hn = [] if extra else ["method=hypernetwork", f"hypernetworks=['{hn_run / 'demo-toy.pt'}']"]
+        runs[name] = generate(tmp_path / name, *hn, *extra, f"prompt='{prompt}'")
     index = json.loads((runs["tagged"] / "images.json").read_text())
     assert index["hypernetworks"][0]["multiplier"] == 0.5 and index["images"][0]["prompt"] == "a toy"
     assert json.loads((runs["untagged"] / "images.json").read_text())["hypernetworks"][0]["multiplier"] == 1.0
@@ -119,9 +139,9 @@ def test_generate_applies_it_with_prompt_tags_and_multiplier_zero_is_the_plain_m
     px = {k: np.asarray(Image.open(v / "0000.png")) for k, v in runs.items()}
     assert np.array_equal(px["zero"], px["plain"])  # multiplier 0: x + mlp(x) * 0 is the untouched model
     assert not np.array_equal(px["untagged"], px["plain"])
-    bad = run_script("generate.py", *base, "method=hypernetwork", f"hypernetworks=[{hn_run / 'demo-toy.pt'}]",
-                     "prompt=a toy <hypernet:other:1>", f"hydra.run.dir={tmp_path / 'bad'}")
-    assert bad.returncode == 2 and "names no loaded file" in bad.stderr
+    with pytest.raises(UserError, match="names no loaded file"):
+        generate(tmp_path / "bad", "method=hypernetwork", f"hypernetworks=['{hn_run / 'demo-toy.pt'}']",
+                 "prompt='a toy <hypernet:other:1>'")
 
 
 def test_sdxl_trains_a_hypernetwork_at_its_own_widths(tmp_path, demo_images):

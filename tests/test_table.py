@@ -170,6 +170,25 @@ def test_compare_figure_pairs_same_prompt_and_seed(runs, tmp_path):
         assert im.size == (width, sum(heights))
 
 
+def test_compare_figure_puts_one_row_per_trained_run_under_the_sd_row(runs, tmp_path):
+    """--ti takes several runs (SD + TI and SD + HN side by side): one row each, labelled by the run's own row."""
+    base, ti = runs
+    out = tmp_path / "three"
+    summary = figures.main(["compare", "--baseline", str(base), "--ti", str(ti), str(ti), "--out", str(out),
+                            "--cell", "64", "--images", "2"])
+    assert [r["row"] for r in summary["runs"]] == ["SD + TI", "SD + TI"]
+    record = summary["prompts"][0]
+    assert [r["files"] for r in record["rows"]] == [record["ti_files"]] * 2
+    with Image.open(out / "p00.png") as im:
+        assert im.size == figures.compare_size(2, 64, 64, rows=3)
+        panel = im.convert("RGB")
+    third = (figures.PAD + figures.TITLE_LINES * figures.LINE
+             + 3 * figures.LABEL_LINES * figures.LINE + 2 * (64 + figures.PAD))
+    expected = figures.load_cell(ti / "eval/images/step000005/p00-001.png", 64)
+    x = figures.PAD + 64 + figures.PAD
+    assert panel.crop((x, third, x + 64, third + 64)).tobytes() == expected.tobytes()
+
+
 def test_steps_figure_rows_are_evaluated_steps(runs, tmp_path):
     base, ti = runs
     summary = figures.main(["steps", "--run", str(ti), "--out", str(tmp_path / "s"), "--cell", "48"])

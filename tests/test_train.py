@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from conftest import ROOT, compose, embedding, run_script, tiny_overrides
+from conftest import ROOT, SMALL_CLIP, compose, embedding, run_script, tiny_overrides
 from textinv.training.job import train
 
 
@@ -108,6 +109,24 @@ def test_ckpt_path_continues_from_its_step(tmp_path, demo_images, reference_run)
     train(compose(*tiny_overrides(run_dir, demo_images), f"ckpt_path={ckpt}"))
     assert torch.equal(embedding(run_dir), embedding(reference_run))
     assert json.loads((run_dir / "run.json").read_text())["step"] == 6
+
+
+def test_rerun_after_the_last_step_finishes_the_run(tmp_path, demo_images, reference_run):
+    """Stopped after its last training step (during the final evaluation, say): the re-run trains nothing, and does
+    the final evaluation, writes the method's files and run.json (Lightning skips on_train_end when no step is
+    left; it once ended in silence with none of them)."""
+    run_dir = tmp_path / "stopped_at_the_end"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(reference_run / "checkpoints/last.ckpt", run_dir / "checkpoints/last.ckpt")
+    train(compose(*tiny_overrides(run_dir, demo_images), "eval.enabled=true", "eval.num_images=1",
+                  "eval.sampler_steps=2", "eval.light.enabled=false", "eval.fid.enabled=false", *SMALL_CLIP,
+                  f"eval.baseline_cache='{tmp_path / 'cache'}'"))
+    assert json.loads((run_dir / "run.json").read_text())["step"] == 6
+    assert torch.equal(embedding(run_dir), embedding(reference_run))
+    metrics = json.loads((run_dir / "eval/metrics.json").read_text())
+    assert [(e["step"], e["protocol"]) for e in metrics["evaluations"]] == [(6, "full")]
+    assert not list((run_dir / "metrics.csv").read_text().splitlines()[1:2]) or all(
+        not r.get("loss") for r in csv.DictReader(open(run_dir / "metrics.csv")))  # no step trained again
 
 
 def test_local_diffusers_folder_and_v_prediction(tmp_path, demo_images, tiny_source):

@@ -7,6 +7,7 @@ run, or a DDP rank, sees exactly the samples an uninterrupted single-process run
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Callable
 import lightning as L
 import numpy as np
 import torch
+from filelock import FileLock
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2 as T
@@ -196,16 +198,25 @@ class ConceptDataModule(L.LightningDataModule):
         if self.images is not None:
             return
         folder = self.concept.folder
-        if self.concept.should_synthesize:
-            log.info("drawing the %s concept's images into %s", self.concept.name, folder)
-            if self.concept.draw is not None:
-                self.concept.drawer(folder, **self.concept.draw)
-            else:
-                synthesize_demo_concept(folder)
-        list_image_files(folder)  # clear error for a missing/empty folder
-        self.images, self.files = load_concept_images(folder, self.resolution)
+        with self._drawing_lock(folder):
+            if self.concept.should_synthesize:
+                log.info("drawing the %s concept's images into %s", self.concept.name, folder)
+                if self.concept.draw is not None:
+                    self.concept.drawer(folder, **self.concept.draw)
+                else:
+                    synthesize_demo_concept(folder)
+            list_image_files(folder)  # clear error for a missing/empty folder
+            self.images, self.files = load_concept_images(folder, self.resolution)
         self.captions = [read_caption(p) for p in self.files]
         log.info("concept %s: %d images from %s", self.concept.name, len(self.images), folder)
+
+    def _drawing_lock(self, folder: Path):
+        """Runs that draw their concept (sweep points, DDP ranks, parallel tests) share its folder: one draws and
+        reads at a time, so none reads a half-written picture. A user's own folder needs no lock."""
+        if not self.concept.should_synthesize:
+            return contextlib.nullcontext()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder.parent / f".{folder.name}.draw.lock"), timeout=600)
 
     def setup(self, stage: str | None = None) -> None:
         self.load()

@@ -79,6 +79,30 @@ class MethodFileWriter(L.Callback):
         atomic_write_text(finished_marker(self.run_dir), json.dumps(summary, indent=2))  # written last
 
 
+class FinishCompletedTraining(L.Callback):
+    """A run stopped after its last training step (say during its final evaluation) resumes with nothing left to
+    train. Lightning then skips on_train_start/on_train_end, so the final evaluation, the method's files and run.json
+    would never come and the re-run would end in silence. This callback, first in the list, runs those two hooks
+    of every callback at on_fit_end, before the others' on_fit_end writes run.json."""
+
+    def __init__(self) -> None:
+        self._loop_ran = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._loop_ran = True
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self._loop_ran or trainer.interrupted or trainer.global_step < trainer.max_steps:
+            return
+        log.info("training had already reached step %d; finishing the run (final evaluation, files, run.json)",
+                 trainer.global_step)
+        self._loop_ran = True
+        for hook in ("on_train_start", "on_train_end"):
+            for cb in trainer.callbacks:
+                if cb is not self:
+                    getattr(cb, hook)(trainer, pl_module)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written to a temporary name and renamed: never a truncated last.ckpt."""
 
@@ -109,9 +133,7 @@ class GracefulStop(L.Callback):
     def __init__(self) -> None:
         self.signum: int | None = None
         self._step_at_start = -1
-        self.started = False  # on_train_start ran (a resume at the final step skips training altogether)
         self.in_final_evaluation = False
-        self.checkpoint_at_end = True  # False when resumed from a checkpoint already at the final step
 
     def _handle(self, signum, frame) -> None:
         if self.in_final_evaluation:
@@ -124,7 +146,6 @@ class GracefulStop(L.Callback):
                     signal.Signals(signum).name)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.started = True
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, self._handle)
@@ -137,7 +158,9 @@ class GracefulStop(L.Callback):
         if trainer.interrupted or not final_step_reached(trainer):
             return
         ckpt = trainer.checkpoint_callback
-        if (self.checkpoint_at_end and ckpt is not None
+        # _step_at_start < 0: no step ran in this process (a resume at the final step, FinishCompletedTraining):
+        # the checkpoint it resumed from is at this step already
+        if (self._step_at_start >= 0 and ckpt is not None
                 and getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step):
             trainer.save_checkpoint(Path(ckpt.dirpath) / LAST_CHECKPOINT)
         self.in_final_evaluation = True

@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from textinv.utils.atomic import atomic_write_text
-from textinv.training.callbacks import AtomicCheckpointIO, FinalEvaluationStopped, GracefulStop
+from textinv.training.callbacks import (AtomicCheckpointIO, FinalEvaluationStopped, FinishCompletedTraining,
+                                        GracefulStop)
 from textinv.data.datamodule import Concept, ConceptDataModule
 from textinv.errors import Interrupted, UserError
 from textinv.training.cost import CostMeter
@@ -231,24 +232,6 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
-def finish_restored(cfg: DictConfig, trainer: L.Trainer, module, graceful: GracefulStop) -> None:
-    """A resume from a checkpoint at the final step (a run stopped during its final evaluation): Lightning has no
-    step left to train and calls no train hooks, so the end of the run is done here: the method's files, the final
-    evaluation (earlier evaluations kept), run.json."""
-    from textinv.training.callbacks import MethodFileWriter
-
-    log.info("the checkpoint is at the final step %d: training is complete; writing the files and running the "
-             "final evaluation", trainer.global_step)
-    if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
-        module.to("cuda")
-    graceful.checkpoint_at_end = False  # last.ckpt is already at this step
-    ours = [cb for cb in trainer.callbacks if isinstance(cb, (CostMeter, GracefulStop, EvaluationCallback,
-                                                                MethodFileWriter))]
-    for hook in ("on_train_start", "on_train_end", "on_fit_end"):
-        for cb in ours:
-            getattr(cb, hook)(trainer, module)
-
-
 def check_run_values(cfg: DictConfig) -> None:
     """Checks across keys that training makes before any file is read (train and plan=true share them)."""
     if cfg.baseline and not cfg.eval.enabled:
@@ -337,6 +320,7 @@ def _train(cfg: DictConfig) -> Path:
     graceful = GracefulStop()
     meter = CostMeter(plan)
     trainer.callbacks.insert(0, meter)  # first: its UNet hook counts every other callback's forwards
+    trainer.callbacks.insert(0, FinishCompletedTraining())  # before the meter's and run.json's on_fit_end
     trainer.callbacks.append(graceful)
     for cb in trainer.callbacks:
         if isinstance(cb, ValidationLoss):
@@ -351,8 +335,6 @@ def _train(cfg: DictConfig) -> Path:
     with confined(run_dir, cfg.eval.get("baseline_cache"), cache_dir("")):  # no write outside the run folder
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            if not graceful.started and trainer.global_step >= trainer.max_steps and not finished_marker(run_dir).exists():
-                finish_restored(cfg, trainer, module, graceful)
         except FinalEvaluationStopped as stop:
             raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} during the final evaluation at step "
                               f"{trainer.global_step}: training is complete and its files are written in {run_dir}, "
