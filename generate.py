@@ -7,7 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from textinv.cli import exit_on_user_error
+from textinv.cli import (check_output_dir_override, exit_on_user_error, one_line_hydra_errors,
+                         reject_conflicting_overrides)
 from textinv.models.generation import quote_text_overrides, run_generate
 
 
@@ -18,5 +19,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    reject_conflicting_overrides(sys.argv[1:])  # the same checks as train.py before Hydra creates the output folder
+    check_output_dir_override(sys.argv[1:])
     sys.argv = quote_text_overrides(sys.argv)  # prompts hold <, >, commas: pass them as plain text
+    one_line_hydra_errors()
     main()

@@ -5,7 +5,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from textinv.cli import check_output_dir_override, exit_on_user_error, reject_conflicting_overrides, reject_moved_keys
+from textinv.cli import (check_output_dir_override, exit_on_user_error, one_line_hydra_errors,
+                         reject_conflicting_overrides, reject_moved_keys)
 from textinv.training.sweeps import collapse_steps_sweep, sweep_job
 
 
@@ -28,4 +29,5 @@ if __name__ == "__main__":
     reject_moved_keys(sys.argv[1:])
     check_output_dir_override(sys.argv[1:])
     sys.argv[1:] = collapse_steps_sweep(sys.argv[1:])  # steps=a,b,c: one run evaluated at a, b and c
+    one_line_hydra_errors()
     main()

@@ -29,7 +29,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from textinv.utils.atomic import atomic_write, atomic_write_text
-from textinv.cli import exit_on_user_error, out_folder, script_logging
+from textinv.cli import Parser, claim_outputs, exit_on_user_error, out_folder, script_logging
 from textinv.errors import UserError
 from textinv.runs.report import fmt
 from textinv.evaluation.schedule import FULL, LIGHT
@@ -121,15 +121,28 @@ def one_run(path: str | Path, role: str) -> RunResult:
     return load_run(dirs[0])
 
 
+def check_pair(base: RunResult, run: RunResult) -> None:
+    """A figure puts two runs side by side: they must be of one concept and one model (name, location, family and,
+    where both recorded it, the weights' fingerprint); otherwise one line says which differs."""
+    from textinv.runs.results import model_key
+
+    if base.concept != run.concept:
+        raise UserError(f"--baseline {base.run_dir} is of concept {base.concept!r} and {run.run_dir} of "
+                        f"{run.concept!r}; compare runs of the same concept")
+    if base.family != run.family or base.model_id != run.model_id or (
+            base.weights and run.weights and base.weights != run.weights):
+        raise UserError(f"--baseline {base.run_dir} used model {model_key(base, [base, run])} ({base.family}) and "
+                        f"{run.run_dir} model {model_key(run, [base, run])} ({run.family}); compare runs of the same "
+                        "model")
+
+
 def warn_settings(a: RunResult, b: RunResult) -> None:
+    check_pair(a, b)
     for key in SAME_NOISE:
         va, vb = a.settings.get(key), b.settings.get(key)
         if va != vb:
             log.warning("eval setting %s differs (%r in %s, %r in %s): images are not from the same noise and "
                         "sampler", key, va, a.run_dir, vb, b.run_dir)
-    for key in ("concept", "model"):
-        if a.header.get(key) != b.header.get(key):
-            log.warning("the runs differ in %s: %r vs %r", key, a.header.get(key), b.header.get(key))
 
 
 # --- compare: SD vs SD + TI --------------------------------------------------------------------------
@@ -198,6 +211,7 @@ def compare(baseline_path: str, trained_paths: str | list[str], out: Path, image
     base_dir = base.images_dir(protocol=protocol)
     if not base_dir.is_dir():
         raise UserError(f"{base.run_dir} has no {protocol}-protocol evaluation images ({base_dir} is missing)")
+    claim_outputs(out, [r"p\d+\.png", r"grid\.png", r"compare\.json"], "figures.py compare")
     steps = [int(folder.name[4:10]) for _, folder in found]
     evals = [run.evaluation_at(s, protocol) for run, s in zip(runs, steps)]
     base_templates = base.templates(base_dir)
@@ -299,6 +313,7 @@ def steps_figure(run_path: str, out: Path, images: int = 4, cell: int = 128, pro
     if cols == 0:
         raise UserError(f"{run.run_dir}: a step folder holds no images of prompt {prompt}")
     cells = [[load_cell(f, cell) for f in files[:cols]] for _, files in rows]
+    claim_outputs(out, [r"steps\.png", r"steps\.json"], "figures.py steps")
     cell_w, cell_h = cells[0][0].size
     width, height = steps_size(cols, len(rows), cell_w, cell_h)
     canvas = Image.new("RGB", (width, height), "white")
@@ -335,7 +350,7 @@ def positive(text: str) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = Parser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="figure", required=True)
     c = sub.add_parser("compare", help="vanilla SD vs SD + TI (and SD + HN...), same prompt and seed (Figures 5-8)")

@@ -14,7 +14,6 @@ Writes light_protocol.json and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from textinv.cli import script_logging  # noqa: E402
+from textinv.cli import Parser, script_logging  # noqa: E402
 
 SOLVERS = [("ddim", 20), ("dpm", 10), ("dpm", 15), ("dpm", 20), ("dpm", 25), ("unipc", 10), ("unipc", 15),
            ("unipc", 20)]
@@ -46,7 +45,7 @@ def scores(evaluator, images, word):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--images", type=int, default=32, help="images per prompt of the DDIM-50 reference")
     p.add_argument("--solver-images", type=int, default=8, help="images per prompt for the solver comparison")

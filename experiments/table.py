@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from textinv.utils.atomic import atomic_write_text, confined
-from textinv.cli import exit_on_user_error, results_parser, script_logging
+from textinv.cli import claim_outputs, exit_on_user_error, results_parser, script_logging
 from textinv.runs.report import log_wandb, run_csv_rows, table1_markdown, table_csv_rows, tradeoff_plot, write_csv
 from textinv.runs.results import aggregate, comparability_warnings, load_runs, model_row_key
 
@@ -38,6 +38,7 @@ def main(argv=None) -> dict:
     out: Path = args.out
     table_rows, run_rows = table_csv_rows(rows), run_csv_rows(runs)
     with confined(out):  # every file lands in --out
+        claim_outputs(out, [r"table\.md", r"table\.csv", r"runs\.csv", r"tradeoff\.png"], "table.py")
         files = {
             "table.md": atomic_write_text(out / "table.md", table1_markdown(rows, runs, warnings)),
             "table.csv": write_csv(out / "table.csv", table_rows),

@@ -204,3 +204,34 @@ def safe_name(text: str, max_len: int = MAX_NAME) -> str:
     name = _UNSAFE.sub("_", str(text)).strip(" .")
     name = name[:max_len].strip(" .")
     return name or "embedding"
+
+
+# --- size bounds: checked (a stat) before any file is read ------------------------------------------
+# What each kind of input can reasonably be; a bigger file is another kind of file (a model checkpoint given as an
+# embedding, a video among photos) and reading it would hang or exhaust memory before saying so.
+MAX_FILE_BYTES: dict[str, int] = {
+    "embedding": 64 << 20,  # 75 vectors x 2048 floats is 0.6 MB; A1111 files with extras stay far below
+    "hypernetwork": 2 << 30,  # SD's widths at [1, 2, 1] are ~80 MB
+    "checkpoint": 8 << 30,  # textual inversion: KBs; a hypernetwork with its optimizer state: hundreds of MB
+    "image": 256 << 20,  # an 8000 px JPEG is ~20 MB
+    "caption": 1 << 20,
+    "run file": 256 << 20,  # metrics.json, run.json, config.yaml, prompts.json of a run folder
+}
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def check_file_size(path, kind: str, fix: str = "") -> None:
+    """One line (UserError) when `path` is larger than a `kind` can be (MAX_FILE_BYTES); a stat, no read."""
+    import os
+
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return  # missing or unreadable: the reader says so
+    limit = MAX_FILE_BYTES[kind]
+    if size > limit:
+        raise UserError(f"{path} is {_size(size)}, more than any {kind} file ({_size(limit)} at most); it is not "
+                        f"one{'; ' + fix if fix else ''}")

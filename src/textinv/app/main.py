@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from textinv.app.safety import is_loopback
-from textinv.cli import exit_on_user_error
+from textinv.cli import Parser, bounded_int, exit_on_user_error
 from textinv.errors import UserError
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m textinv app", description=__doc__.split(": ", 1)[1])
+    parser = Parser(prog="python -m textinv app", description=__doc__.split(": ", 1)[1])
     parser.add_argument("--runs", default="outputs", help="the folder whose runs it shows (default: outputs/)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=bounded_int(1, 65535), default=8000, help="port (default 8000)")
     return parser.parse_args(argv)
 
 

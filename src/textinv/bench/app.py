@@ -6,7 +6,6 @@ Copies the runs of RUNS (default: the newest `make demo` folder under outputs/de
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -14,6 +13,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from textinv.cli import Parser
 
 
 def fill(source: Path, root: Path, count: int) -> list[str]:
@@ -59,7 +60,7 @@ def generation_seconds(client, run_id: str, word: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m textinv.bench.app", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m textinv.bench.app", description=__doc__.splitlines()[0])
     p.add_argument("--from", dest="source", type=Path, help="a runs folder (default: the newest outputs/demo/*)")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5)

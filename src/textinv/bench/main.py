@@ -23,7 +23,6 @@ Usage: python -m textinv.bench [--resolution 256] [--steps 6] [--model sd15_arch
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from textinv.cli import Parser
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository (src/textinv/bench/main.py)
 
@@ -255,7 +256,7 @@ def generation_report(g: dict, eval_steps: int = 50) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m textinv bench", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m textinv bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="sd15_arch")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--steps", type=int, default=6, help="training steps to time")

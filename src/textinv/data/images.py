@@ -34,10 +34,12 @@ def list_image_files(folder: Path) -> list[Path]:
         raise UserError(f"concept data folder {folder} does not exist; put 3-8 images there or set concept.data_dir=<folder>")
     if not folder.is_dir():
         raise UserError(f"concept.data_dir={folder} is not a folder; point it at a folder of images")
-    files, unsupported = [], []
+    files, unsupported, hidden = [], [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         # is_file() follows links; a dangling or looping link is simply not a file.
         if entry.name.startswith("."):
+            if entry.name != DRAWN_RECORD and _is_file(entry):
+                hidden.append(entry.name)
             continue
         if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
             if Path(entry.name).suffix.lower() not in SIDE_FILES and _is_file(entry):
@@ -52,6 +54,10 @@ def list_image_files(folder: Path) -> list[Path]:
         log.warning("skipping %d file(s) of unsupported formats in %s (%s); use %s", len(unsupported), folder,
                     ", ".join(unsupported[:5]) + (", ..." if len(unsupported) > 5 else ""),
                     ", ".join(sorted(IMAGE_SUFFIXES)))
+    if not files and hidden:  # "no images" would be wrong: they are there, under names starting with a dot
+        raise UserError(f"concept data folder {folder} holds only hidden files ({', '.join(hidden[:5])}"
+                        f"{', ...' if len(hidden) > 5 else ''}), which are never read as images (macOS writes ._ "
+                        "copies); rename the images without the leading dot or add visible ones")
     if not files:
         raise UserError(f"concept data folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add 3-8 images of the concept")
     return files
@@ -98,8 +104,15 @@ def original_size(path: Path) -> tuple[int, int]:
 
 def load_concept_images(folder: Path, min_side: int) -> tuple[list[Image.Image], list[Path]]:
     """All readable images of a concept; unreadable or truncated ones are skipped with a warning."""
+    from textinv.validation import check_file_size
+
     images, used = [], []
     for path in list_image_files(folder):
+        try:
+            check_file_size(path, "image")
+        except UserError as err:
+            log.warning("skipping %s: %s", path, str(err).split(" is ", 1)[1] if " is " in str(err) else err)
+            continue
         try:
             images.append(load_image(path, min_side))
             used.append(path)
@@ -113,6 +126,9 @@ def load_concept_images(folder: Path, min_side: int) -> tuple[list[Image.Image],
 def read_caption(image_path: Path) -> str | None:
     caption = image_path.with_suffix(".txt")
     if caption.is_file():
+        from textinv.validation import check_file_size
+
+        check_file_size(caption, "caption", "a caption is one line of text: shorten it or remove the file")
         try:
             text = caption.read_bytes().decode("utf-8-sig").strip()
         except UnicodeDecodeError as err:  # garbled text would train on a wrong prompt: refuse

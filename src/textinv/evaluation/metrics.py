@@ -166,6 +166,10 @@ class ClipScorer:
         if quick_gelu is None:
             reference = tag_cfg or open_clip.get_pretrained_cfg(arch, "openai")
             quick_gelu = bool(reference.get("quick_gelu", False))
+        if tag_cfg:  # fetched from the hub on first use: a short bound when it does not answer
+            from textinv.utils.offline import offline_if_unreachable
+
+            offline_if_unreachable(f"CLIP {arch} weights {weights!r}")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=weights, device=device, force_quick_gelu=quick_gelu)

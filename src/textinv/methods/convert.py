@@ -18,10 +18,17 @@ from textinv.methods.textual_inversion import convert as embedding_convert
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     positional = [a for a in argv if not a.startswith("-")]
+    if len(positional) == 2 and Path(positional[0]).is_dir():  # a run folder: its root file, whichever method
+        from textinv.runs.layout import run_root_file
+
+        root = str(run_root_file(Path(positional[0]), "IN"))
+        argv = [root if a == positional[0] else a for a in argv]
+        positional[0] = root
     if len(positional) == 2 and is_hypernetwork_file(Path(positional[0])):
         if len(argv) != 2:
             raise UserError("a hypernetwork file converts by its OUT suffix alone (.pt or .safetensors); "
                             "--token and --to are for embeddings")
+        embedding_convert.check_output(Path(positional[1]))
         out = convert_hypernetwork(Path(positional[0]), Path(positional[1]))
         print(f"wrote {out} (hypernetwork)")
         return

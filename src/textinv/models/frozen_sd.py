@@ -28,7 +28,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from textinv.errors import UserError
-from textinv.utils.offline import hub_offline
+from textinv.utils.offline import PROBE_TIMEOUT_S, hub_endpoint, hub_offline, hub_reachable
 
 log = logging.getLogger(__name__)
 # diffusers still passes this deprecated argument to huggingface_hub; the warning says nothing to users.
@@ -131,9 +131,45 @@ class ModelSource:
         return json.dumps([self.name, [(name, st.st_size, st.st_mtime_ns) for name, st in stats]])
 
     # --- where a diffusers-layout model lives -------------------------------------------------
+    def _cached(self) -> bool:
+        """Whether the hub id's snapshot is in the local HF cache (no network)."""
+        try:
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(self.hub_id, revision=self.revision, local_files_only=True)
+            return True
+        except Exception:  # noqa: BLE001 - not cached (or a broken cache): the loaders say which
+            return False
+
+    def _local_only(self) -> bool:
+        """Read only local files: a model folder, HF_HUB_OFFLINE, or a hub that does not answer within a few
+        seconds (then a cached snapshot is used as it is, and a missing one is one line, not minutes of retries)."""
+        if self.path or hub_offline():
+            return True
+        if getattr(self, "_offline_decided", None) is None:
+            if hub_reachable():
+                self._offline_decided = False
+            elif self._cached():
+                log.warning("%s does not answer within %.0f s: using the cached %s as it is (HF_HUB_OFFLINE=1 "
+                            "skips this check)", hub_endpoint(), PROBE_TIMEOUT_S, self.hub_id)
+                self._offline_decided = True
+            else:
+                raise UserError(f"model {self.hub_id!r} is not in the local Hugging Face cache and {hub_endpoint()} "
+                                f"does not answer within {PROBE_TIMEOUT_S:.0f} s (no network?); pass "
+                                "model.path=<local diffusers folder>, download it where there is a network "
+                                f"(`huggingface-cli download {self.hub_id}`), set HF_HUB_OFFLINE=1 to use only the "
+                                "cache, or use model=tiny")
+        return self._offline_decided
+
     def _location(self) -> str:
         if self.path:
             folder = Path(self.path)
+            if folder.is_file() and folder.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin"):
+                raise UserError(
+                    f"model.path={self.path} is a single-file checkpoint (AUTOMATIC1111/ComfyUI style), not a diffusers "
+                    "model folder; convert it once with diffusers (StableDiffusionPipeline.from_single_file(path)"
+                    ".save_pretrained(folder)) and pass model.path=<folder>, or use model=tiny"
+                )
             if not (folder / "model_index.json").is_file() and not (folder / "unet").is_dir():
                 raise UserError(
                     f"model.path={self.path} is not a diffusers model folder (no model_index.json); "
@@ -154,7 +190,7 @@ class ModelSource:
 
     def _pretrained(self, cls, part: str, **kw):
         location = self._location()
-        offline = hub_offline()
+        offline = self._local_only()
         try:
             return cls.from_pretrained(location, subfolder=part, revision=self.revision,
                                        local_files_only=offline or bool(self.path), **kw)
@@ -165,7 +201,7 @@ class ModelSource:
 
     def _config(self, cls, part: str) -> dict:
         location = self._location()
-        offline = hub_offline()
+        offline = self._local_only()
         try:
             return dict(cls.load_config(location, subfolder=part, revision=self.revision,
                                         local_files_only=offline or bool(self.path)))
@@ -173,7 +209,7 @@ class ModelSource:
             raise self._not_found(part, err) from err
 
     def _text_width(self, part: str) -> int:
-        offline = hub_offline()
+        offline = self._local_only()
         try:
             return int(CLIPTextConfig.from_pretrained(self._location(), subfolder=part, revision=self.revision,
                                                       local_files_only=offline or bool(self.path)).hidden_size)

@@ -162,3 +162,27 @@ def prompt_images(folder: str | Path, p: int) -> list[Path]:
     found = [(parse_image_name(f.name), f) for f in Path(folder).glob(f"p{p:02d}-*.png")]
     return [f for parsed, f in sorted((x for x in found if x[0] is not None and x[0][0] == p),
                                       key=lambda x: x[0][1])]
+
+
+def run_root_file(path: str | Path, key: str = "embeddings") -> Path:
+    """A file argument that may name a run folder (generate.py `embeddings=[<run>]`, `hypernetworks=[<run>]`): the
+    run's one root file (<name>.pt, or an SDXL run's <name>.safetensors), else one line saying what the folder is."""
+    from textinv.errors import UserError
+
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if not config_file(path).is_file() and not finished_marker(path).is_file():
+        return path  # not a run folder: the reader decides (e.g. diffusers' SDXL pair folder)
+    roots = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".pt", ".safetensors")
+                   and "-last-good" not in p.stem)
+    if len(roots) == 1:
+        return roots[0]
+    state = "finished" if finished_marker(path).is_file() else "unfinished (no run.json)"
+    if not roots:
+        snaps = sorted(p.name for p in snapshots_dir(path).glob("*.pt")) if snapshots_dir(path).is_dir() else []
+        hint = (f"; use a snapshot, e.g. {key}=[{snapshots_dir(path) / snaps[-1]}]" if snaps
+                else "; let it finish, or give a file")
+        raise UserError(f"{key}: {path} is a run folder ({state}) without its final file yet{hint}")
+    raise UserError(f"{key}: {path} is a run folder with several root files ({', '.join(p.name for p in roots)}); "
+                    f"name the file, e.g. {key}=[{roots[0]}]")

@@ -57,6 +57,9 @@ def curve_protocol(runs: Sequence["RunResult"]) -> str:
 
 def read_json(path: Path, missing: str, fix: str = ""):
     """A JSON file of a run; a missing or unreadable one is a UserError (`missing`, or invalid JSON + `fix`)."""
+    from textinv.validation import check_file_size
+
+    check_file_size(path, "run file", "leave the run out")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -117,6 +120,12 @@ class RunResult:
         return f"{self.model} ({where})" if where and str(where) != self.model else self.model
 
     @property
+    def weights(self) -> str | None:
+        """The model weights' fingerprint recorded by the run (None for runs written before it was recorded)."""
+        fp = self.header.get("model_fingerprint")
+        return str(fp) if fp else None
+
+    @property
     def family(self) -> str:
         """The model family (sd: SD 1.x/2.x, sdxl); runs written before families existed are SD 1.x/2.x."""
         return str(self.header.get("family") or "sd")
@@ -134,11 +143,9 @@ class RunResult:
         return str(self.header.get("word") or self.header.get("placeholder"))
 
     def value(self, key: str, evaluation: dict | None = None) -> float | None:
-        """A finite number from an evaluation record (the final one by default), else None."""
-        v = (self.final if evaluation is None else evaluation).get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return None
-        return float(v)
+        """A finite number from an evaluation record (the final one by default), else None; numbers stored as
+        strings ("0.42", as some tools rewrite JSON) are read as numbers."""
+        return finite_number((self.final if evaluation is None else evaluation).get(key))
 
     @property
     def config(self) -> dict:
@@ -208,6 +215,17 @@ class RunResult:
         return prompt_images(folder, p)
 
 
+def finite_number(v) -> float | None:
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     """Each path is a run directory or a folder (a Hydra multirun/sweep) holding run directories below it."""
     found: dict[Path, None] = {}
@@ -252,8 +270,15 @@ def load_run(run_dir: str | Path) -> RunResult:
     return RunResult(run_dir, header, evaluations, finished_marker(run_dir).is_file())
 
 
+class Runs(list):
+    """load_runs' answer: the runs, and `notes`: what the reader left out and why (tables print them)."""
+
+    notes: list[str]
+
+
 def load_runs(paths: Iterable[str | Path], include_unfinished: bool = False) -> list[RunResult]:
-    """Every run below `paths`; unfinished ones (no run.json) are left out with a warning unless asked for."""
+    """Every run below `paths`; unfinished ones (no run.json) are left out with a warning unless asked for; runs that
+    cannot be compared with the others are left out or refused (`matched_concepts`)."""
     runs = [load_run(d) for d in find_run_dirs(paths)]
     light_only = [r for r in runs if not r.has_protocol(FULL)]
     if light_only:  # tables read full-protocol final evaluations only
@@ -268,7 +293,56 @@ def load_runs(paths: Iterable[str | Path], include_unfinished: bool = False) -> 
     if not runs:
         raise UserError("no finished runs with a full-protocol evaluation to tabulate (run.json missing, or only "
                         "light evaluations so far); wait for them or pass --include-unfinished")
-    return runs
+    kept, notes = matched_concepts(runs)
+    for note in notes:
+        log.warning(note)
+    out = Runs(kept)
+    out.notes = notes
+    return out
+
+
+def model_key(run: RunResult, runs: Sequence[RunResult]) -> str:
+    """The model a run used, as rows tell models apart: family, name and location, and the weights' fingerprint
+    where runs of one name and location used different weights (a folder retrained in place)."""
+    same = {r.weights for r in runs if r.model_id == run.model_id and r.family == run.family}
+    weights = f" weights {run.weights[:8]}" if len(same) > 1 and run.weights else ""
+    return f"{run.model_id}{weights}"
+
+
+def matched_concepts(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[str]]:
+    """Per model, the SD row (baseline runs) and the trained rows must be of the same concepts: a trained run of a
+    concept no baseline run has (or the reverse) is left out with a note; nothing comparable left is refused."""
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault((r.family, model_key(r, runs)), []).append(r)
+    kept, notes = [], []
+    for (_, model), members in groups.items():
+        base = {r.concept for r in members if r.baseline}
+        trained = {r.concept for r in members if not r.baseline}
+        if not base or not trained or base == trained:
+            kept += members
+            continue
+        both = base & trained
+        if not both:
+            raise UserError(f"the {BASELINE_ROW} row's runs are of concept(s) {', '.join(sorted(base))} and the trained "
+                            f"runs of {', '.join(sorted(trained))} (model {model}): rows of different concepts cannot "
+                            "be compared; give the baseline=true and trained runs of the same concepts")
+        left = [r for r in members if r.concept not in both]
+        kept += [r for r in members if r.concept in both]
+        notes.append(f"left out {len(left)} run(s) whose concept has no {'trained' if left[0].baseline else 'baseline'} "
+                     f"run to compare with (model {model}): " + ", ".join(f"{r.run_dir} ({r.concept})" for r in left[:5]))
+    return kept, notes
+
+
+def non_finite_notes(runs: Sequence[RunResult], metrics: dict[str, str] = TABLE_METRICS) -> list[str]:
+    """Runs whose final value of a metric is recorded but not a finite number: left out of that mean, said so."""
+    notes = []
+    for name, key in metrics.items():
+        bad = [(r, r.final.get(key)) for r in runs if r.final.get(key) is not None and r.value(key) is None]
+        if bad:
+            notes.append(f"{METRIC_LABELS.get(name, name)}: left out of the mean for {len(bad)} run(s) whose value is "
+                         "not a finite number: " + ", ".join(f"{r.run_dir} ({v!r})" for r, v in bad[:5]))
+    return notes
 
 
 # --- aggregation ---------------------------------------------------------------------------------
@@ -297,10 +371,10 @@ def model_row_key(runs: Sequence[RunResult]) -> Callable[[RunResult], str]:
     """Rows per model when the runs use several: one row never mixes (or mislabels) two models; with SD 1.x/2.x
     and SDXL runs together, each row also names its family."""
     if len({r.family for r in runs}) > 1:
-        return lambda r: f"{r.row} [{FAMILY_LABELS.get(r.family, r.family)}: {r.model_id}]"
-    if len({r.model_id for r in runs}) <= 1:
+        return lambda r: f"{r.row} [{FAMILY_LABELS.get(r.family, r.family)}: {model_key(r, runs)}]"
+    if len({model_key(r, runs) for r in runs}) <= 1:
         return row_key
-    return lambda r: f"{r.row} [{r.model_id}]"
+    return lambda r: f"{r.row} [{model_key(r, runs)}]"
 
 
 def check_one_family(label, members: Sequence[RunResult]) -> None:
@@ -333,8 +407,8 @@ def aggregate(runs: Sequence[RunResult], key: Callable[[RunResult], object] = ro
 
 def comparability_warnings(runs: Sequence[RunResult]) -> list[str]:
     """Settings that differ between runs (their figures are then not comparable in one table)."""
-    out = []
-    models = sorted({r.model_id for r in runs})
+    out = list(getattr(runs, "notes", [])) + non_finite_notes(runs)
+    models = sorted({model_key(r, runs) for r in runs})
     if len(models) > 1:
         out.append(f"runs use different models (one row per model): {', '.join(models)}")
     families = sorted({r.family for r in runs})

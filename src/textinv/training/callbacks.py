@@ -111,18 +111,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
+class FinalEvaluationStopped(BaseException):
+    """A signal during the final evaluation: training is over and its files are written, the evaluation stops at
+    once (a BaseException: the evaluation's own error handling must not swallow it) and run.json is not written."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class GracefulStop(L.Callback):
     """SIGINT/SIGTERM finish the current optimizer step, save a resumable last.ckpt and stop the run.
 
     A second Ctrl-C aborts at once (the previous checkpoint stays valid: writes are atomic). Under DDP
     the ranks agree on stopping through one tiny all-reduce per step, so none waits for the others.
+    Once training is over (on_train_end: the method's files are written, last.ckpt is at the final step), a
+    signal stops the final evaluation at once (FinalEvaluationStopped) instead of being held until it ends:
+    the run is then unfinished, and re-running the same command runs only the final evaluation again.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._step_at_start = -1
+        self.in_final_evaluation = False
 
     def _handle(self, signum, frame) -> None:
+        if self.in_final_evaluation:
+            self.signum = signum
+            raise FinalEvaluationStopped(signum)
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
@@ -133,6 +149,23 @@ class GracefulStop(L.Callback):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, self._handle)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Before the final evaluation (the evaluation callback comes after this one): a checkpoint at the final
+        step, so a run stopped during the evaluation resumes without training again."""
+        from textinv.evaluation.callback import final_step_reached
+
+        if trainer.interrupted or not final_step_reached(trainer):
+            return
+        ckpt = trainer.checkpoint_callback
+        # _step_at_start < 0: no step ran in this process (a resume at the final step, FinishCompletedTraining):
+        # the checkpoint it resumed from is at this step already
+        if (self._step_at_start >= 0 and ckpt is not None
+                and getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step):
+            trainer.save_checkpoint(Path(ckpt.dirpath) / LAST_CHECKPOINT)
+        self.in_final_evaluation = True
+        if self.signum is not None:  # arrived between the last step's check and here
+            raise FinalEvaluationStopped(self.signum)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._step_at_start = trainer.global_step

@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from textinv.utils.atomic import atomic_write_text
-from textinv.training.callbacks import AtomicCheckpointIO, FinishCompletedTraining, GracefulStop
+from textinv.training.callbacks import (AtomicCheckpointIO, FinalEvaluationStopped, FinishCompletedTraining,
+                                        GracefulStop)
 from textinv.data.datamodule import Concept, ConceptDataModule
 from textinv.errors import Interrupted, UserError
 from textinv.training.cost import CostMeter
@@ -34,8 +36,8 @@ from textinv.methods.base import Method
 from textinv.training.lr_schedule import parse_lr
 from textinv.runs.results import BASELINE_ROW
 from textinv.models.frozen_sd import ModelSource
-from textinv.training.resume import check_resume, run_identity
-from textinv.runs.layout import FINISHED_MARKER, config_file, finished_marker, last_checkpoint
+from textinv.training.resume import check_resume, data_identity, log_applied_changes, model_identity, run_identity
+from textinv.runs.layout import FINISHED_MARKER, LAST_CHECKPOINT, config_file, finished_marker, last_checkpoint
 from textinv.runs.lock import folder_lock
 from textinv.training.sweeps import in_multirun
 from textinv.utils.atomic import confined
@@ -84,6 +86,13 @@ def resolve_resume(run_dir: Path, ckpt_path: str | None) -> str | None:
         if ckpt_path == "last":
             raise UserError(f"ckpt_path=last but {last} does not exist; drop ckpt_path to start fresh")
         return None
+    if Path(ckpt_path).is_dir():  # a run folder (or its checkpoints/): its last checkpoint
+        for candidate in (last_checkpoint(ckpt_path), Path(ckpt_path) / LAST_CHECKPOINT):
+            if candidate.is_file():
+                log.info("ckpt_path=%s is a folder: resuming from its %s", ckpt_path, candidate)
+                return str(candidate)
+        raise UserError(f"ckpt_path={ckpt_path} is a folder without checkpoints/{LAST_CHECKPOINT}; give a .ckpt file "
+                        "from a run's checkpoints/ folder or 'last'")
     if not Path(ckpt_path).is_file():
         raise UserError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt from a run's checkpoints/ folder or 'last'")
     return str(ckpt_path)
@@ -100,6 +109,7 @@ def check_word(tokenizer, word) -> None:
 def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, ConceptDataModule, Method]:
     """All checks that need no big weights (the metric networks' weights are checked in `build_evaluator`)."""
     check_numbers(cfg)
+    check_run_values(cfg)
     run_dir = Path(cfg.run_dir)
     ckpt_path = resolve_resume(run_dir, cfg.ckpt_path)
     concept: Concept = instantiate(cfg.concept, _convert_="all")
@@ -121,13 +131,18 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     if cfg.baseline:
         check_word(tokenizer, cfg.init)
     if ckpt_path is not None:
-        check_resume(ckpt_path, identity(cfg, concept, source, method))
+        check_resume(ckpt_path, identity(cfg, concept, source, method, datamodule))
+        log_applied_changes(config_file(run_dir), cfg)  # what passed the identity: applied, and said so
     return run_dir, ckpt_path, concept, source, datamodule, method
 
 
-def identity(cfg: DictConfig, concept: Concept, source: ModelSource, method: Method) -> dict:
+def identity(cfg: DictConfig, concept: Concept, source: ModelSource, method: Method,
+             datamodule: ConceptDataModule | None = None) -> dict:
+    """The run identity (textinv.training.resume): settings, the data's content hashes, the weights' fingerprint."""
+    data = data_identity(datamodule.files) if datamodule is not None else None
     return run_identity(cfg, concept.placeholder, source.name, source.path or source.hub_id,
-                        {"method": method.name, **method.identity()})
+                        {"method": method.name, **method.identity()}, data=data,
+                        model_fingerprint=model_identity(source.fingerprint()))
 
 
 def build_evaluator(cfg: DictConfig, concept: Concept, datamodule: ConceptDataModule) -> Evaluator | None:
@@ -143,9 +158,32 @@ def run_header(cfg: DictConfig, concept: Concept, source: ModelSource, method: M
     """What a results table groups by: written at the top of eval/metrics.json."""
     return {"concept": concept.name, "kind": concept.kind, "placeholder": concept.placeholder,
             "initializer": cfg.init, "baseline": bool(cfg.baseline), "model": source.name, "seed": cfg.seed,
-            "model_location": source.path or source.hub_id, "lr": cfg.lr, "steps": cfg.steps,
+            "model_location": source.path or source.hub_id, "model_fingerprint": model_identity(source.fingerprint()),
+            "lr": cfg.lr, "steps": cfg.steps,
             "method": method.name,
             "row": BASELINE_ROW if cfg.baseline else method.row_label, **method.header(), "family": source.family.name}
+
+
+@contextmanager
+def baseline_signals(run_dir: Path):
+    """SIGINT/SIGTERM during a baseline run stop it at once with one line saying what happened (the default
+    SIGTERM ended the process without a word)."""
+    import threading
+
+    def stop(signum, frame):
+        raise Interrupted(f"stopped by {signal.Signals(signum).name} during the baseline evaluation in {run_dir}: "
+                          "the run is not marked finished (no run.json); re-run the same command to evaluate again "
+                          "(image sets already complete in eval.baseline_cache are reused)", signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource, method: Method,
@@ -164,12 +202,13 @@ def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: 
     recorder = EvaluationRecorder(evaluator, run_dir, {**run_header(cfg, concept, source, method),
                                                        "settings": evaluator.settings(), "cost": {"plan": plan}})
     fingerprint = source.fingerprint()
-    for step, protocols in evaluation_schedule(evaluator.cfg, 0, baseline=True):
-        for protocol in protocols:
-            with meter.phase("eval"):
-                generator = ImageGenerator.from_frozen(frozen, scheduler=protocol.scheduler)
-                recorder.record(loggers, generator, step, protocol, word, "baseline", baseline=True,
-                                cache_key=baseline_cache_key(fingerprint, word, evaluator, protocol))
+    with baseline_signals(run_dir):
+        for step, protocols in evaluation_schedule(evaluator.cfg, 0, baseline=True):
+            for protocol in protocols:
+                with meter.phase("eval"):
+                    generator = ImageGenerator.from_frozen(frozen, scheduler=protocol.scheduler)
+                    recorder.record(loggers, generator, step, protocol, word, "baseline", baseline=True,
+                                    cache_key=baseline_cache_key(fingerprint, word, evaluator, protocol))
     cost = meter.summary()
     recorder.write({"cost": cost})
     for lg in loggers:
@@ -193,9 +232,53 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
-def print_plan(cfg: DictConfig) -> dict:
-    """plan=true: the run's plan as one JSON line on stdout; checks the config, loads no weights."""
+def check_run_values(cfg: DictConfig) -> None:
+    """Checks across keys that training makes before any file is read (train and plan=true share them)."""
+    if cfg.baseline and not cfg.eval.enabled:
+        raise UserError("baseline=true only evaluates, but eval.enabled=false; drop one of them")
+
+
+def check_plan(cfg: DictConfig) -> None:
+    """plan=true refuses what training would refuse (the same checks as `prepare`), writing and loading nothing
+    big. What this machine lacks (the concept folder, the model's files) is not the plan's business: such checks
+    are skipped with a warning naming them, so a plan can be made for another machine."""
     check_numbers(cfg)
+    check_run_values(cfg)
+    concept: Concept = instantiate(cfg.concept, _convert_="all")
+    source: ModelSource = instantiate(cfg.model)
+    datamodule: ConceptDataModule = instantiate(cfg.data, _partial_=True, _convert_="all")(concept=concept)
+    train_prompts = []
+    if concept.should_synthesize:  # drawn at training time; a plan writes nothing
+        pass
+    elif not concept.folder.exists():
+        log.warning("plan: concept folder %s does not exist here; training would refuse until it holds 3-8 images",
+                    concept.folder)
+    else:
+        datamodule.load()  # an empty folder, only hidden files, unreadable images, a bad caption: refused as in training
+        if not cfg.baseline:
+            train_prompts = datamodule.dataset(1).all_prompts()
+    try:
+        info = source.info()
+        tokenizer = source.load_tokenizer()
+    except UserError as err:
+        log.warning("plan: the model's limits (resolution, prediction type, vocabulary) are not checked: %s", err)
+        return
+    check_resolution(cfg.data.resolution, info.resolution_multiple)
+    if not cfg.baseline:
+        check_prediction_type(source.name, info.prediction_type)
+    method: Method = instantiate(cfg.method, _convert_="all")(word=concept.placeholder, initializer=cfg.init,
+                                                              seed=cfg.seed)
+    eval_prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or [])
+                    if "{}" in p]
+    method.check(tokenizer, train_prompts, eval_prompts)
+    method.check_model(source)
+    if cfg.baseline:
+        check_word(tokenizer, cfg.init)
+
+
+def print_plan(cfg: DictConfig) -> dict:
+    """plan=true: the run's plan as one JSON line on stdout; the same checks as training (check_plan), no weights."""
+    check_plan(cfg)
     plan = make_plan(cfg)
     print(json.dumps(plan), flush=True)
     return plan
@@ -232,7 +315,7 @@ def _train(cfg: DictConfig) -> Path:
         return evaluate_baseline(cfg, run_dir, concept, source, method, evaluator, plan)
     frozen = source.load()
     module = instantiate(cfg.module, _convert_="all")(frozen=frozen, method=method, seed=cfg.seed)
-    module.identity = identity(cfg, concept, source, method)  # saved in every checkpoint (textinv.training.resume)
+    module.identity = identity(cfg, concept, source, method, datamodule)  # saved in every checkpoint (textinv.training.resume)
     trainer = build_trainer(cfg)
     graceful = GracefulStop()
     meter = CostMeter(plan)
@@ -250,7 +333,13 @@ def _train(cfg: DictConfig) -> Path:
                                                     {**run_header(cfg, concept, source, method), "cost": {"plan": plan}},
                                                     meter=meter))
     with confined(run_dir, cfg.eval.get("baseline_cache"), cache_dir("")):  # no write outside the run folder
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except FinalEvaluationStopped as stop:
+            raise Interrupted(f"stopped by {signal.Signals(stop.signum).name} during the final evaluation at step "
+                              f"{trainer.global_step}: training is complete and its files are written in {run_dir}, "
+                              "but the run is not marked finished (no run.json); re-run the same command to run only "
+                              "the final evaluation again", stop.signum) from None
     if graceful.signum is not None:
         raise Interrupted(f"stopped by {signal.Signals(graceful.signum).name} at step {trainer.global_step}; "
                           f"re-run the same command to resume from {last_checkpoint(run_dir)}", graceful.signum)

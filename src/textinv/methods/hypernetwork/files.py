@@ -22,7 +22,6 @@ import pickle
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from textinv.errors import UserError
@@ -31,7 +30,7 @@ from textinv.methods.textual_inversion.formats import a1111_safe_torch_bytes
 from textinv.utils.atomic import atomic_write
 
 PROJECTIONS = ("k", "v")
-MAX_FILE_BYTES = 2 << 30  # a hypernetwork of SD's widths at [1, 2, 1] is ~ 80 MB; refuse what cannot be one
+MAX_FILE_BYTES = 2 << 30  # = textinv.validation.MAX_FILE_BYTES["hypernetwork"]; a hypernetwork of SD's widths at [1, 2, 1] is ~ 80 MB; refuse what cannot be one
 
 
 def spec_fields(spec: HypernetworkSpec) -> dict:
@@ -110,9 +109,9 @@ def _build(path: Path, spec: HypernetworkSpec, states: dict[int, tuple[dict, dic
 def _check_size(path: Path) -> None:
     if not path.is_file():
         raise UserError(f"hypernetwork file {path} does not exist")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise UserError(f"{path} is {path.stat().st_size / 2**30:.1f} GiB, far more than a hypernetwork; "
-                        "is it a model checkpoint?")
+    from textinv.validation import check_file_size
+
+    check_file_size(path, "hypernetwork", "is it a model checkpoint?")
 
 
 def _looks_like_torch_file(path: Path) -> bool:
@@ -135,7 +134,7 @@ def read_hypernetwork(path: str | Path) -> LoadedHypernetwork:
             raise UserError(f"refused to load {path}: it holds Python objects beyond tensors, which could run "
                             "code (ask for the .safetensors copy)") from err
         raise UserError(f"{path} is not a readable torch file (damaged or not a torch file)") from err
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a damaged file makes torch raise almost anything (IndexError, ...)
         raise UserError(f"{path} is not a readable torch file ({type(err).__name__})") from err
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a hypernetwork file (a {type(data).__name__}, not a dict)")
@@ -156,8 +155,8 @@ def _read_safetensors(path: Path) -> LoadedHypernetwork:
         with safe_open(str(path), "pt") as f:
             raw = f.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable safetensors file ({err})") from err
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ValueError, ...
+        raise UserError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
     if raw.get("format") != "textinv-hypernetwork":
         raise UserError(f"{path} is not a hypernetwork safetensors file (format={raw.get('format')!r})")
     meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from textinv.errors import UserError
+from textinv.runs.layout import run_root_file
 from textinv.methods.base import GenerationFiles
 from textinv.methods.hypernetwork.attach import HypernetworkHooks, attention_widths_from_config, check_widths
 from textinv.methods.hypernetwork.files import LoadedHypernetwork, read_hypernetwork
@@ -31,7 +32,7 @@ class HypernetworkFiles(GenerationFiles):
         if not files:
             raise UserError("method=hypernetwork needs hypernetworks=[file.pt, ...] (a run's <name>.pt or its "
                             "safetensors/ copy)")
-        loaded = [read_hypernetwork(Path(str(f)).expanduser()) for f in files]
+        loaded = [read_hypernetwork(run_root_file(Path(str(f)).expanduser(), "hypernetworks")) for f in files]
         available = attention_widths_from_config(source.unet_config())
         for hn in loaded:
             check_widths(hn.hypernetwork.widths, available, where=f"{hn.path}: widths")

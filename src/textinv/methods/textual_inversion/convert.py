@@ -14,10 +14,9 @@ one-encoder file) is refused with one line and exit status 2.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from textinv.cli import exit_on_user_error
+from textinv.cli import Parser, exit_on_user_error
 from textinv.errors import UserError
 from textinv.methods.textual_inversion.formats import (PAIR, SD_WIDTHS, SDXL_WIDTHS, LoadedEmbedding, read_embedding, read_pair, save_a1111,
                       save_diffusers, save_kohya, save_sdxl)
@@ -79,11 +78,28 @@ def write(emb: LoadedEmbedding, out: Path, layout: str, token: str) -> list[Path
     return [save_diffusers(out, token, emb.vectors)]
 
 
+def check_output(out: Path) -> None:
+    """OUT is new: convert never overwrites a file it did not write (a file, or a diffusers folder's files)."""
+    from textinv.cli import new_output_file
+
+    if out.is_dir():
+        taken = [name for name in PAIR if (out / name).exists()]
+        if taken:
+            raise UserError(f"OUT {out} already holds {', '.join(taken)}; convert never overwrites: choose a new "
+                            "folder or move them away")
+        return
+    new_output_file(str(out / PAIR[0]) if out.suffix == "" else str(out), "OUT")
+
+
 def convert(src: Path, out: Path, token: str | None = None, to: str | None = None) -> list[Path]:
+    if not src.exists():
+        raise UserError(f"IN {src} does not exist; give an embedding file or a diffusers folder")
+    from textinv.runs.layout import run_root_file
+
+    src = run_root_file(src, "IN")  # a run folder: its root file
+    check_output(out)
     emb = read_input(src)
     check_widths(emb)
-    if out.resolve() == src.resolve():
-        raise UserError(f"{out} is the input; choose another OUT")
     layout = target_layout(out, to)
     # The token: asked for, else the file's own (diffusers key, A1111 name), else the input's stem as A1111 would.
     return write(emb, out, layout, token or emb.token or src.stem)
@@ -91,7 +107,7 @@ def convert(src: Path, out: Path, token: str | None = None, to: str | None = Non
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m textinv convert", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m textinv convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("input", type=Path, metavar="IN", help="embedding file (or a diffusers folder)")
     parser.add_argument("output", type=Path, metavar="OUT", help="NAME.pt, NAME.safetensors, or a folder")
     parser.add_argument("--token", help="the word diffusers registers (default: the input's own)")

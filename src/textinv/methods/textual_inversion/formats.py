@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from textinv.utils.atomic import atomic_write
@@ -132,19 +131,25 @@ def a1111_safe_torch_bytes(obj) -> bytes:
 
 
 def _read(path: Path) -> dict:
+    from textinv.validation import check_file_size
+
+    if path.is_dir():
+        raise UserError(f"embedding file {path} is a folder; give the embedding file itself (a run's <name>.pt)")
     if not path.is_file():
         raise UserError(f"embedding file {path} does not exist")
+    check_file_size(path, "embedding", "give an embedding file (a run's <name>.pt or a .safetensors of a few KB)")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise UserError(f"{path} is not a readable safetensors file ({err})") from err
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ValueError, ...
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(f"{path} is not a readable safetensors file ({first})") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UserError(f"refused to load {path}: it holds Python objects beyond tensors, which could run code "
                         "(only plain tensor files are loaded; ask for a .safetensors file)") from err
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a damaged file makes torch raise almost anything (IndexError, ...)
         raise UserError(f"{path} is not a readable torch embedding file ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from err
 

@@ -20,6 +20,8 @@ from transformers.utils import logging as transformers_logging
 
 from textinv.errors import UserError
 from textinv.methods.base import GenerationFiles
+from textinv.methods.hypernetwork.files import is_hypernetwork_file
+from textinv.runs.layout import run_root_file
 from textinv.methods.textual_inversion import families
 from textinv.methods.textual_inversion.formats import LoadedEmbedding
 from textinv.methods.textual_inversion.placeholder import NOT_SPELLED_OUT, PlaceholderEmbedding, vector_tokens
@@ -134,7 +136,12 @@ class EmbeddingFiles(GenerationFiles):
     def read(cls, cfg, source, tokenizer) -> "EmbeddingFiles":
         files = [cfg.embeddings] if isinstance(cfg.embeddings, str) else list(cfg.embeddings or [])
         widths = source.info().widths  # SDXL files hold both encoders' halves (clip_l + clip_g, or diffusers' pair)
-        loaded = [families.read_embedding(source.family, Path(str(f)).expanduser(), widths) for f in files]
+        paths = [run_root_file(Path(str(f)).expanduser(), "embeddings") for f in files]
+        for path in paths:
+            if path.is_file() and is_hypernetwork_file(path):
+                raise UserError(f"embeddings: {path} is a hypernetwork, not an embedding; pass method=hypernetwork "
+                                f"hypernetworks=[{path}]")
+        loaded = [families.read_embedding(source.family, path, widths) for path in paths]
         tokens = cfg.get("tokens")
         return cls(loaded, resolve_tokens(tokenizer, loaded, [tokens] if isinstance(tokens, str) else list(tokens or [])))
 
