@@ -1,4 +1,4 @@
-"""python -m textinv app [--runs DIR] [--host 127.0.0.1] [--port N]: the local web page over a runs folder."""
+"""python -m textinv app [--runs DIR] [--study STUDY] [--host 127.0.0.1] [--port N]: the local web page over a runs folder."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def parse_args(argv):
     parser.add_argument("--runs", default="outputs", help="the folder whose runs it shows (default: outputs/)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--study", default=None,
+                        help="also serve this rating study's pages (python -m textinv rate new makes one)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     return parser.parse_args(argv)
 
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from textinv.app.server import create_app
 
+    app = create_app(runs, study=args.study)
     print(f"textinv app: http://{args.host}:{args.port}/ over {runs.resolve()} (Ctrl-C stops it)", flush=True)
-    uvicorn.run(create_app(runs), host=args.host, port=args.port, log_level="warning")
+    if args.study:
+        print(f"rating study {app.state.study.folder}: invite links are http://{args.host}:{args.port}/rate/<token> "
+              f"(tokens in {app.state.study.folder / 'invites.csv'}); progress at /study", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -35,17 +35,25 @@ def error_page(request: Request, message: str, status: int):
     return render(request, "error.html", {"message": message, "status": status}, status)
 
 
-def create_app(runs_dir: str | Path = "outputs", runner=None) -> FastAPI:
+def create_app(runs_dir: str | Path = "outputs", runner=None, study: str | Path | None = None) -> FastAPI:
     """The page over `runs_dir` (it may not exist yet: the index then says so). `runner` replaces the image
-    generation function (tests)."""
-    from textinv.app import generate_page, run_page, runs_pages
+    generation function (tests). `study`: a rating study folder (textinv.ratings) whose pages it serves too."""
+    from textinv.app import generate_page, rating_page, run_page, runs_pages
 
     app = FastAPI(title="textinv", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.root = Path(runs_dir).expanduser()
     app.state.jobs = JobQueue(app.state.root, **({"runner": runner} if runner else {}))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for module in (runs_pages, run_page, generate_page):
+    for module in (runs_pages, run_page, generate_page, rating_page):
         app.include_router(module.router)
+    app.state.study = app.state.store = None
+    app.state.session_tasks = {}
+    if study is not None:
+        from textinv.ratings.store import Store
+        from textinv.ratings.study import Study
+
+        app.state.study = Study.load(study)
+        app.state.store = Store(app.state.study.db_path)
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
