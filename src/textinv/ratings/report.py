@@ -96,7 +96,8 @@ def markdown(report: dict) -> str:
     out += ["## Rater screening", "",
             "P.808 toolkit rules: every trap answered exactly, every gold item within 1 of its expected answer, variance "
             f"of the rater's ratings at least {stats.MIN_VARIANCE}, Pearson correlation of the rater's per-condition "
-            f"means with the other raters' at least {stats.MIN_CORRELATION} (with 3 or more conditions).", ""]
+            f"means with the other raters' at least {stats.MIN_CORRELATION} (over question x condition cells where the rater "
+            f"gave {stats.MIN_PER_CONDITION} or more ratings; applied with 3 or more such cells).", ""]
     body = [[r, "excluded" if s["excluded"] else "kept", s["answers"], _f(s["correlation"]),
              "; ".join(s["reasons"]) or s["note"] or ""] for r, s in report["screening"].items()]
     out += [markdown_table(["Rater", "Decision", "Answers", "Correlation", "Why"], body), ""]

@@ -202,6 +202,9 @@ def ab_summary(choices: list[str], level: float = 0.95) -> dict:
 MIN_VARIANCE = 0.1
 MIN_CORRELATION = 0.7
 GOLD_TOLERANCE = 1
+# A per-condition mean of one or two ratings is mostly noise: such cells are left out of the correlation (short
+# sessions where raters see few items per condition then rely on traps, gold and variance).
+MIN_PER_CONDITION = 3
 
 
 def screen_raters(rows: list[dict], min_variance: float = MIN_VARIANCE, min_correlation: float = MIN_CORRELATION,
@@ -209,9 +212,9 @@ def screen_raters(rows: list[dict], min_variance: float = MIN_VARIANCE, min_corr
     """Which raters to exclude and why. `rows`: ACR answers as dicts rater, role ('test', 'reference', 'gold',
     'trap'), condition, value, expect (gold/trap). Rules: every trap answered exactly; every gold within
     `gold_tolerance`; variance of the rater's test ratings at least `min_variance`; Pearson correlation of the
-    rater's per-condition means with the other raters' per-condition MOS at least `min_correlation` (only with 3 or
-    more conditions rated by the rater and others; fewer make a correlation meaningless, and the rule is then
-    skipped and said so)."""
+    rater's per-condition means with the other raters' per-condition MOS at least `min_correlation` (over the
+    question x condition cells where the rater gave MIN_PER_CONDITION or more ratings, and only with 3 or more such
+    cells; fewer make a correlation meaningless, and the rule is then skipped and said so)."""
     by_rater: dict[str, list[dict]] = {}
     for r in rows:
         by_rater.setdefault(r["rater"], []).append(r)
@@ -247,9 +250,10 @@ def _correlation_with_mos(rater, mine, rows):
     for r in rows:
         if r["rater"] != rater and r["role"] in ("test", "reference"):
             others.setdefault(keyed(r), []).append(float(r["value"]))
-    keys = sorted(k for k in own if k in others)
+    keys = sorted(k for k in own if k in others and len(own[k]) >= MIN_PER_CONDITION)
     if len(keys) < 3:
-        return None, f"correlation not applied: {len(keys)} condition(s) shared with other raters (needs 3)"
+        return None, (f"correlation not applied: {len(keys)} condition(s) with {MIN_PER_CONDITION}+ of the rater's "
+                      "ratings shared with other raters (needs 3)")
     x = np.array([np.mean(own[k]) for k in keys])
     y = np.array([np.mean(others[k]) for k in keys])
     if x.std() == 0 or y.std() == 0:

@@ -147,9 +147,18 @@ class Study:
         return bool(mac[0] & 1)
 
     def refs_for(self, item: dict) -> list[str]:
-        """The concept's training photos shown beside a subject question (a reference item's own photo left out)."""
+        """The concept's training photos shown beside a subject question: all but one, the same count for every item
+        (a hidden reference leaves its own photo out, any other item one photo drawn from its id), so the number of
+        reference photos never tells a real photo from a generated image."""
         refs = self.data["concepts"].get(item.get("concept") or "", {}).get("photos", [])
-        return [r for r in refs if r not in item["images"]]
+        if len(refs) < 2:
+            return []
+        own = [r for r in refs if r in item["images"]]
+        if own:
+            return [r for r in refs if r != own[0]]
+        key = hashlib.sha256(json.dumps(item["images"]).encode()).digest()
+        drop = refs[key[0] % len(refs)]
+        return [r for r in refs if r != drop]
 
     def covers(self) -> dict[str, list[str]]:
         """Condition -> the run folders its images come from."""
