@@ -78,7 +78,7 @@ rate-demo: install
 	@demo=$$(ls -td outputs/demo/*/ 2>/dev/null | head -1); test -n "$$demo" || { echo "error: run make demo first"; exit 2; }; \
 	study=$${demo}study-$$(date +%H-%M-%S); \
 	$(PY) -m textinv rate new $${demo}baseline $${demo}ti --raters 5 --out $$study || exit 2; \
-	$(PY) -m textinv app --runs $$demo --study $$study --port $(RATE_PORT) & pid=$$!; \
+	$(PY) -m textinv app --study $$study --port $(RATE_PORT) & pid=$$!; \
 	$(PY) -m textinv rate simulate $$study --url http://127.0.0.1:$(RATE_PORT) --seed 0; rc=$$?; kill $$pid; \
 	test $$rc = 0 && $(PY) -m textinv rate report $$study
 

@@ -7,6 +7,7 @@ tests/test_ratings_browser.py rates a session with the keyboard in a real browse
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy.stats import norm, t as student_t
 
 from conftest import ROOT, load_script
@@ -301,11 +303,13 @@ def test_blinding_nothing_a_rater_receives_names_the_condition(rated, runs_copy)
         forbidden += [run, Path(run).name + "/"]
     normalised: dict = {}
     ids_by_rater: dict = {}
+    sizes: set = set()
     for url, headers, body in seen:
         assert "last-modified" not in headers and "etag" not in headers and "content-disposition" not in headers
         rater_token = url.split("/rate/")[1].split("/")[0]
         if url.endswith(".png"):
             assert body[:8] == b"\x89PNG\r\n\x1a\n" and png_text_chunks(body) == []
+            sizes.add(Image.open(io.BytesIO(body)).size)
             assert hashlib.sha256(body).hexdigest() in images  # the study's re-encoded copy, nothing else
             ids_by_rater.setdefault(hashlib.sha256(body).hexdigest(), set()).add((rater_token, url.rsplit("/", 1)[1]))
             continue
@@ -328,6 +332,7 @@ def test_blinding_nothing_a_rater_receives_names_the_condition(rated, runs_copy)
         key, pages = next(iter(different.items()))
         raise AssertionError(f"{key}: " + "\n".join(difflib.unified_diff(pages[0].splitlines(), pages[1].splitlines())))
     assert any(q == "prompt" for q, _ in normalised) and any(q == "ab_subject" for q, _ in normalised)
+    assert len(sizes) <= 2  # generated images and hidden references one size (the trap another)
     # one image, five raters: five different ids, none of them the study's own name
     shared = [v for v in ids_by_rater.values() if len({t for t, _ in v}) == 5]
     assert shared and all(len({i for _, i in v}) == 5 for v in shared)
@@ -365,6 +370,11 @@ def test_pages_refuse_bad_requests_and_count_a_resubmitted_answer_once(rated, ru
         assert client.get(img.replace(token, other)).status_code == 404  # another rater's id for it is not this
         assert client.get(f"/rate/{token}/img/..%2F..%2Fstudy.json.png").status_code == 404
         assert "r01" in client.get("/study").text
+        assert client.get("/").status_code == 200  # the operator's server (runs pages on)
+    with TestClient(create_app(runs_copy, study=folder, runs_pages_on=False)) as client:  # what raters get
+        assert client.get(f"/rate/{token}").status_code == 200
+        for path in ("/", "/table", "/run?id=demo/ti", "/generate"):
+            assert client.get(path).status_code == 404
     with pytest.raises(sqlite3.IntegrityError):  # the database itself refuses a second answer
         con = sqlite3.connect(folder / "ratings.sqlite")
         row = con.execute("SELECT rater, item, question FROM answers").fetchone()
@@ -377,7 +387,7 @@ def test_thirty_concurrent_raters_lose_and_double_count_nothing(runs_copy, tmp_p
     from textinv.ratings.report import analyse
 
     folder = tmp_path / "study"
-    new_study([runs_copy], folder, raters=30, seed=5, images_per_prompt=1, minutes=2.5, references=_references())
+    new_study([runs_copy], folder, raters=30, seed=5, images_per_prompt=1, minutes=1.5, references=_references())
     with Server(runs_copy, folder) as server:
         acks = simulate(folder, server.url, Simulation(seed=2, careless=3), concurrency=30)
     store = Store(folder / "ratings.sqlite")
@@ -404,9 +414,8 @@ def test_server_killed_mid_study_then_restarted_loses_nothing(runs_copy, tmp_pat
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def start():
-        return subprocess.Popen([sys.executable, "-m", "textinv", "app", "--runs", str(runs_copy), "--study",
-                                 str(folder), "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        return subprocess.Popen([sys.executable, "-m", "textinv", "app", "--study", str(folder), "--port", str(port)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     server = start()
     result: dict = {}

@@ -12,7 +12,8 @@ from textinv.errors import UserError
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m textinv app", description=__doc__.split(": ", 1)[1])
-    parser.add_argument("--runs", default="outputs", help="the folder whose runs it shows (default: outputs/)")
+    parser.add_argument("--runs", default=None,
+                        help="the folder whose runs it shows (default: outputs/; with --study: none, the study alone)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--study", default=None,
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} must be from 1 to 65535")
-    runs = Path(args.runs).expanduser()
+    runs = Path(args.runs or "outputs").expanduser()
     if runs.exists() and not runs.is_dir():
         raise UserError(f"--runs {args.runs} is a file, not a folder of runs")
     if not is_loopback(args.host):
@@ -38,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from textinv.app.server import create_app
 
-    app = create_app(runs, study=args.study)
-    print(f"textinv app: http://{args.host}:{args.port}/ over {runs.resolve()} (Ctrl-C stops it)", flush=True)
+    app = create_app(runs, study=args.study, runs_pages_on=not (args.study and args.runs is None))
+    if args.study and args.runs is not None:
+        print("warning: --runs with --study: raters can open the runs pages, whose images would tell them what they "
+              "rate; for people, serve the study alone (no --runs)", file=sys.stderr)
+    if app.state.study is None or args.runs is not None:
+        print(f"textinv app: http://{args.host}:{args.port}/ over {runs.resolve()} (Ctrl-C stops it)", flush=True)
     if args.study:
         print(f"rating study {app.state.study.folder}: invite links are http://{args.host}:{args.port}/rate/<token> "
               f"(tokens in {app.state.study.folder / 'invites.csv'}); progress at /study", flush=True)

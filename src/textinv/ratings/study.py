@@ -259,11 +259,12 @@ def new_study(run_paths, out: str | Path, raters: int, seed: int = 0, images_per
                             "and no reference photos for the subject questions; pass --references %s=DIR",
                             run.concept, run.get("concept.data_dir"), run.concept)
             ids = []
-            for path in photos:
+            for path in photos:  # centre square at the generated images' size: the size tells nothing either
                 with Image.open(path) as img:
                     img = img.convert("RGB")
-                    if img.width > 512:
-                        img = img.resize((512, round(512 * img.height / img.width)))
+                    side = min(img.size)
+                    left, top = (img.width - side) // 2, (img.height - side) // 2
+                    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
                     ids.append(add_image(_png(img), {"condition": REFERENCE, "file": str(path)}))
             concepts[run.concept] = {"photos": ids, "subject": subjects[run.concept]}
             for image in ids:
