@@ -5,7 +5,6 @@ reaches the database once, and no request leaves the server."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 

@@ -165,6 +165,19 @@ def plot(report: dict, path: Path) -> Path:
     return path
 
 
+def _finite(x):
+    """JSON without NaN (not JSON): undefined numbers (an interval from one rater) become null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 def write_report(study: Study, n_boot: int = 2000, seed: int = 0) -> dict:
     from textinv.utils.atomic import atomic_write_text
 
@@ -173,7 +186,7 @@ def write_report(study: Study, n_boot: int = 2000, seed: int = 0) -> dict:
     out.mkdir(exist_ok=True)
     text = markdown(report)
     atomic_write_text(out / "report.md", text)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=float))
+    atomic_write_text(out / "report.json", json.dumps(_finite(report), indent=1))
     files = {"report.md": out / "report.md", "report.json": out / "report.json"}
     if report["acr"]:
         files["mos.png"] = plot(report, out / "mos.png")
