@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo compare toyworld test bench bench-app clean app
+.PHONY: install demo compare toyworld test bench bench-app clean app rate-demo
 
 install: $(VENV)/.installed
 
@@ -79,6 +79,17 @@ bench: install
 # The local web page over outputs/ (ARGS="--runs DIR --port N"); http://127.0.0.1:8000/ by default.
 app: install
 	$(PY) -m textinv app $(ARGS)
+
+# A rehearsal of a human rating study on the newest make demo: 5 invites, the page served on RATE_PORT, five
+# simulated raters answering through it (known truth), then the report (README "Human ratings").
+RATE_PORT ?= 8765
+rate-demo: install
+	@demo=$$(ls -td outputs/demo/*/ 2>/dev/null | head -1); test -n "$$demo" || { echo "error: run make demo first"; exit 2; }; \
+	study=$${demo}study-$$(date +%H-%M-%S); \
+	$(PY) -m textinv rate new $${demo}baseline $${demo}ti --raters 5 --out $$study || exit 2; \
+	$(PY) -m textinv app --study $$study --port $(RATE_PORT) & pid=$$!; \
+	$(PY) -m textinv rate simulate $$study --url http://127.0.0.1:$(RATE_PORT) --seed 0; rc=$$?; kill $$pid; \
+	test $$rc = 0 && $(PY) -m textinv rate report $$study
 
 # The web page's targets (pages over 100 runs, a toy-world image from the page), on copies of the newest make demo.
 bench-app: install

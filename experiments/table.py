@@ -1,12 +1,14 @@
 """The study's Table 1 from finished runs: rows SD (baseline=true runs) and SD + TI (the rest).
 
-    python experiments/table.py RUN_DIR_OR_SWEEP [...] --out OUT_DIR [--no-wandb] [--include-unfinished]
+    python experiments/table.py RUN_DIR_OR_SWEEP [...] --out OUT_DIR [--no-wandb] [--include-unfinished] [--study STUDY]
 
 Each argument is a run directory (holding eval/metrics.json) or a folder with runs anywhere below it
 (a Hydra multirun/sweep directory). Writes OUT_DIR/table.md, table.csv (one row per model row),
 runs.csv (one row per run), tradeoff.png (reconstruction vs editability, the study's numbers as stars)
 and, where wandb is installed, an offline W&B run in OUT_DIR/wandb with the same tables and plot.
 Mean and spread are over runs: mean and sample standard deviation of each run's final evaluation.
+--study (repeatable): a rating study (python -m textinv rate new) whose condition holds exactly a row's runs adds
+a MOS column (overall quality, with its interval and number of raters).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ log = logging.getLogger("textinv.table")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return results_parser(__doc__, "RUN_DIR").parse_args(argv)
+    parser = results_parser(__doc__, "RUN_DIR")
+    parser.add_argument("--study", action="append", default=[], help="a rating study covering the runs: MOS column")
+    return parser.parse_args(argv)
 
 
 @exit_on_user_error
@@ -35,6 +39,12 @@ def main(argv=None) -> dict:
     for w in warnings:
         log.warning(w)
     rows = aggregate(runs, key=model_row_key(runs))
+    if args.study:
+        from textinv.ratings.report import table_mos
+
+        mos = table_mos(args.study, rows)
+        for row in rows:
+            row["mos"] = mos.get(row["label"])
     out: Path = args.out
     table_rows, run_rows = table_csv_rows(rows), run_csv_rows(runs)
     with confined(out):  # every file lands in --out

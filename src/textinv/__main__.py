@@ -11,6 +11,7 @@ COMMANDS = {  # name -> (module with main(argv), one line for the help)
     "toyworld": ("textinv.toyworld.cli", "draw, pretrain or inspect the miniature world"),
     "bench": ("textinv.bench.main", "time training and evaluation against their floors (make bench)"),
     "app": ("textinv.app.main", "the local web page: browse and compare runs, generate with learned words"),
+    "rate": ("textinv.ratings.cli", "blind human rating studies (MOS, A/B) of runs' images: new, report, simulate"),
 }
 
 

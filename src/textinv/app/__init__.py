@@ -12,6 +12,7 @@ what they learned. Modules, one job each:
     generation.py the one function that turns form settings into images (textinv.models.generation)
     jobs.py       the generation queue: one worker per model, progress, cancel
     generate_page.py the generate form and the job endpoints
+    rating_page.py the blind rating pages of a study (--study; textinv.ratings holds the study, store and statistics)
 
-Later features (the rating study) add a router in their own module and register it in server.py.
+Later features add a router in their own module and register it in server.py.
 """

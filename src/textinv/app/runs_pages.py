@@ -83,6 +83,13 @@ def table(request: Request, run: list[str] = Query(default=[]), include_unfinish
     runs = selected_runs(request, run, include_unfinished)
     warnings = comparability_warnings(runs)
     rows = aggregate(runs, key=model_row_key(runs))
+    study = getattr(request.app.state, "study", None)
+    if study is not None:  # the served rating study's MOS for the rows it covers
+        from textinv.ratings.report import table_mos
+
+        mos = table_mos([study.folder], rows)
+        for row in rows:
+            row["mos"] = mos.get(row["label"])
     return render(request, "table.html", {
         "rows": rows, "per_run": run_csv_rows(runs), "metrics": list(TABLE_METRICS), "labels": METRIC_LABELS,
         "fmt_stat": fmt_stat, "fmt": fmt, "warnings": warnings, "markdown": table1_markdown(rows, runs, warnings),

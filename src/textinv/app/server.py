@@ -35,17 +35,32 @@ def error_page(request: Request, message: str, status: int):
     return render(request, "error.html", {"message": message, "status": status}, status)
 
 
-def create_app(runs_dir: str | Path = "outputs", runner=None) -> FastAPI:
+def create_app(runs_dir: str | Path = "outputs", runner=None, study: str | Path | None = None,
+               runs_pages_on: bool = True) -> FastAPI:
     """The page over `runs_dir` (it may not exist yet: the index then says so). `runner` replaces the image
-    generation function (tests)."""
-    from textinv.app import generate_page, run_page, runs_pages
+    generation function (tests). `study`: a rating study folder (textinv.ratings) whose pages it serves too;
+    `runs_pages_on=False` serves the study alone (raters cannot open the runs, whose images would unblind them)."""
+    from textinv.app import rating_page
 
     app = FastAPI(title="textinv", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.root = Path(runs_dir).expanduser()
     app.state.jobs = JobQueue(app.state.root, **({"runner": runner} if runner else {}))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for module in (runs_pages, run_page, generate_page):
+    pages = [rating_page]
+    if runs_pages_on:  # imported only here: generate_page brings torch and diffusers (seconds; a study needs neither)
+        from textinv.app import generate_page, run_page, runs_pages
+
+        pages = [runs_pages, run_page, generate_page, rating_page]
+    for module in pages:
         app.include_router(module.router)
+    app.state.study = app.state.store = None
+    app.state.session_tasks = {}
+    if study is not None:
+        from textinv.ratings.store import Store
+        from textinv.ratings.study import Study
+
+        app.state.study = Study.load(study)
+        app.state.store = Store(app.state.study.db_path)
 
     @app.middleware("http")
     async def headers(request: Request, call_next):

@@ -38,7 +38,8 @@ def stat_columns(stats: dict[str, Stat]) -> dict:
 def table_csv_rows(rows: Sequence[dict], label: str = "model") -> list[dict]:
     """Flat rows of aggregated groups (column `label`: the group): full precision; empty where undefined."""
     return [{label: row["label"], "runs": row["num_runs"], "concepts": row["concepts"], "seeds": row["seeds"],
-             "images": row["images"], **stat_columns(row["stats"])} for row in rows]
+             "images": row["images"], **stat_columns(row["stats"]),
+             **({"mos": row.get("mos") or ""} if any("mos" in r for r in rows) else {})} for row in rows]
 
 
 def run_csv_rows(runs: Sequence[RunResult]) -> list[dict]:
@@ -90,10 +91,12 @@ def describe_settings(runs: Sequence[RunResult]) -> str:
 
 def table1_markdown(rows: Sequence[dict], runs: Sequence[RunResult], warnings: Sequence[str] = ()) -> str:
     names = list(TABLE_METRICS)
-    body = [[row["label"], *(fmt_stat(row["stats"][n]) for n in names), row["num_runs"], row["concepts"],
-             row["seeds"], row["images"]] for row in rows]
+    mos = any("mos" in row for row in rows)  # a rating study covers some rows (textinv.ratings.report.table_mos)
+    body = [[row["label"], *(fmt_stat(row["stats"][n]) for n in names), *([row.get("mos") or "n/a"] if mos else []),
+             row["num_runs"], row["concepts"], row["seeds"], row["images"]] for row in rows]
     text = ["# Table 1: reconstruction vs editability", "",
-            markdown_table(["Model", *(METRIC_LABELS[n] for n in names), "Runs", "Concepts", "Seeds", "Images"], body),
+            markdown_table(["Model", *(METRIC_LABELS[n] for n in names), *(["MOS"] if mos else []), "Runs", "Concepts",
+                            "Seeds", "Images"], body),
             "",
             "Mean ± sample standard deviation (n - 1) **over runs** (one run = one concept x seed; each run's final "
             "evaluation); no ± where a row has one run, n/a where no run has the metric. "
@@ -102,6 +105,9 @@ def table1_markdown(rows: Sequence[dict], runs: Sequence[RunResult], warnings: S
             "over the editability prompts. Higher is better for both. FID/KID: reconstruction images vs the "
             "training images; IS: all images. SD = vanilla model with the initializer word; SD + TI = the "
             "learned token. Images = generated images scored, summed over runs.", "",
+            *(["MOS: human overall-quality rating (1 Bad .. 5 Excellent) from a blind rating study of the row's runs: "
+               "mean of per-rater means [95% t interval over raters] (n = raters kept after screening); "
+               "`python -m textinv rate report STUDY` has the rest.", ""] if mos else []),
             f"Settings: {describe_settings(runs)}.", "",
             "Only full-protocol final evaluations are tabulated (each run's last evaluation under the original "
             "protocol above); the light-protocol evaluations made during training are never mixed in."]
