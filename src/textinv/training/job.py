@@ -34,6 +34,7 @@ from textinv.methods.base import Method
 from textinv.training.lr_schedule import parse_lr
 from textinv.runs.results import BASELINE_ROW
 from textinv.models.frozen_sd import ModelSource
+from textinv.models.speed import SpeedSettings, apply_speed
 from textinv.training.resume import check_resume, run_identity
 from textinv.runs.layout import FINISHED_MARKER, config_file, finished_marker, last_checkpoint
 from textinv.runs.lock import folder_lock
@@ -148,6 +149,12 @@ def run_header(cfg: DictConfig, concept: Concept, source: ModelSource, method: M
             "row": BASELINE_ROW if cfg.baseline else method.row_label, **method.header(), "family": source.family.name}
 
 
+def speed_settings(cfg: DictConfig) -> SpeedSettings:
+    module = cfg.get("module") or {}
+    return SpeedSettings(bool(cfg.get("compile", False)), module.get("compile_backend", "inductor"),
+                         module.get("compile_mode"))
+
+
 def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource, method: Method,
                       evaluator: Evaluator, plan: dict | None = None) -> Path:
     """The "SD" row: the untouched model, the initializer word in place of the token, same prompts and seeds.
@@ -157,6 +164,7 @@ def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: 
     from textinv.models.generation import ImageGenerator
 
     frozen = source.load().to(evaluator.device)
+    apply_speed(frozen, speed_settings(cfg))  # compile=true: the same faster frozen model as a trained run samples with
     meter = CostMeter(plan)
     meter.start(frozen.unet)
     word = str(cfg.init)
