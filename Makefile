@@ -64,22 +64,24 @@ test-slow: install
 # step vs its floor and vs diffusers' textual_inversion_sdxl.py (PEER_SCRIPT=path/to/it; skipped without one).
 # SDXL in fp32 holds ~13 GiB of weights per process (peak ~18 GiB); parts run one at a time.
 PEER_SCRIPT ?= $(TEXTINV_PEER_SCRIPT)
+# PEER_SCRIPT_SD: diffusers' examples/textual_inversion/textual_inversion.py, the SD 1.5 peer (skipped without one)
+PEER_SCRIPT_SD ?=
 
 # Every part runs REPEATS times, alternating (rotated order, each in its own process); medians with their spread.
 # The *_compiled parts are compile=true (inductor: a C++ compiler on CPU); their compile time and break-even step.
 REPEATS ?= 3
+SD_PARTS_WITH_PEER := floor,train,train_compiled,train_hn,generate,generate_compiled,peer
 
 bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m textinv.bench --repeats $(REPEATS) --json outputs/bench/sd15.json
+	$(PY) -m textinv.bench --repeats $(REPEATS) --json outputs/bench/sd15.json \
+		$(if $(PEER_SCRIPT_SD),--parts $(SD_PARTS_WITH_PEER) --peer-script $(PEER_SCRIPT_SD))
 	$(PY) -m textinv.bench --model sdxl_arch --resolution 256 --steps 5 --repeats $(REPEATS) \
 		--parts floor,train,train_compiled,peer --json outputs/bench/sdxl.json $(if $(PEER_SCRIPT),--peer-script $(PEER_SCRIPT))
 
 # One prepared script for a GPU (SD 1.5 at 512 px and SDXL at 1024 px, bf16 frozen weights; evaluation images/s; peak
 # memory; diffusers' scripts when given; 2-rank DDP on 2 GPUs; GPU-hours of the study). Without a GPU: the same
 # script on tiny models on the CPU, and it says so. PEER_SCRIPT_SD=.../textual_inversion.py PEER_SCRIPT=..._sdxl.py
-PEER_SCRIPT_SD ?=
-
 gpu-check: install
 	$(PY) -m textinv.bench.gpu_check --json outputs/bench/gpu-check.json $(if $(PEER_SCRIPT_SD),--peer-script-sd $(PEER_SCRIPT_SD)) \
 		$(if $(PEER_SCRIPT),--peer-script-sdxl $(PEER_SCRIPT)) $(ARGS)

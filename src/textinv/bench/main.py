@@ -193,7 +193,7 @@ def generation(model: str, resolution: int, device: str, gen_steps: int, gen_ima
             if len(out) == 2 else None)
     return {"seconds": seconds, "decode_s_per_image": decode, "images": gen_images, "gen_steps": gen_steps,
             "gen_batch": gen_batch, "max_pixel_diff": diff, "warmup_s": warmup,
-            "first_image": out["batched"][0].tolist() if compile or len(out) == 1 else None}
+            "first_image": out["batched"][0] if "batched" in out else None}  # popped before the JSON line
 
 
 COST_CONCEPT = "deku_tree"
