@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, make gpu-check measures the real architectures")
 def test_gpu_check_runs_on_the_cpu_with_tiny_models_and_says_so(tmp_path):
     out = tmp_path / "gpu-check.json"

@@ -67,6 +67,7 @@ def eager():
     return step_and_images(None)
 
 
+@pytest.mark.timeout(1800)
 def test_compiled_matches_eager_and_is_deterministic_aot_eager(eager):
     loss, grad, images, _ = eager
     c_loss, c_grad, c_images, settings = step_and_images("aot_eager")
@@ -79,6 +80,7 @@ def test_compiled_matches_eager_and_is_deterministic_aot_eager(eager):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_compiled_matches_eager_and_is_deterministic_inductor(eager):
     loss, grad, images, _ = eager
     c_loss, c_grad, c_images, _ = step_and_images("inductor")
@@ -88,6 +90,8 @@ def test_compiled_matches_eager_and_is_deterministic_inductor(eager):
     assert np.array_equal(step_and_images("inductor")[2], c_images)  # the cached generated code, same numbers
 
 
+@pytest.mark.slow  # ~85 CPU-seconds: two tiny runs, one traced by dynamo
+@pytest.mark.timeout(1800)
 def test_a_compiled_run_trains_like_eager_and_reports_compile_time(tmp_path, demo_images, caplog):
     from textinv.training.job import train
 
