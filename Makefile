@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo compare toyworld test bench bench-app clean app rate-demo
+.PHONY: install demo compare toyworld test test-slow bench bench-app clean app rate-demo gpu-check
 
 install: $(VENV)/.installed
 
@@ -65,16 +65,35 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 :
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
+# Tests marked slow (pytest -m slow): compile=true with the inductor backend (minutes of C++ compile on a CPU).
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
 # SD 1.5 architecture (training step vs floor, evaluation generation), then SDXL's architecture at 256 px: training
 # step vs its floor and vs diffusers' textual_inversion_sdxl.py (PEER_SCRIPT=path/to/it; skipped without one).
 # SDXL in fp32 holds ~13 GiB of weights per process (peak ~18 GiB); parts run one at a time.
 PEER_SCRIPT ?= $(TEXTINV_PEER_SCRIPT)
+# PEER_SCRIPT_SD: diffusers' examples/textual_inversion/textual_inversion.py, the SD 1.5 peer (skipped without one)
+PEER_SCRIPT_SD ?=
+
+# Every part runs REPEATS times, alternating (rotated order, each in its own process); medians with their spread.
+# The *_compiled parts are compile=true (inductor: a C++ compiler on CPU); their compile time and break-even step.
+REPEATS ?= 3
+SD_PARTS_WITH_PEER := floor,train,train_compiled,train_hn,generate,generate_compiled,peer
 
 bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m textinv.bench
-	$(PY) -m textinv.bench --model sdxl_arch --resolution 256 --steps 5 --parts floor,train,peer \
-		$(if $(PEER_SCRIPT),--peer-script $(PEER_SCRIPT))
+	$(PY) -m textinv.bench --repeats $(REPEATS) --json outputs/bench/sd15.json \
+		$(if $(PEER_SCRIPT_SD),--parts $(SD_PARTS_WITH_PEER) --peer-script $(PEER_SCRIPT_SD))
+	$(PY) -m textinv.bench --model sdxl_arch --resolution 256 --steps 5 --repeats $(REPEATS) \
+		--parts floor,train,train_compiled,peer --json outputs/bench/sdxl.json $(if $(PEER_SCRIPT),--peer-script $(PEER_SCRIPT))
+
+# One prepared script for a GPU (SD 1.5 at 512 px and SDXL at 1024 px, bf16 frozen weights; evaluation images/s; peak
+# memory; diffusers' scripts when given; 2-rank DDP on 2 GPUs; GPU-hours of the study). Without a GPU: the same
+# script on tiny models on the CPU, and it says so. PEER_SCRIPT_SD=.../textual_inversion.py PEER_SCRIPT=..._sdxl.py
+gpu-check: install
+	$(PY) -m textinv.bench.gpu_check --json outputs/bench/gpu-check.json $(if $(PEER_SCRIPT_SD),--peer-script-sd $(PEER_SCRIPT_SD)) \
+		$(if $(PEER_SCRIPT),--peer-script-sdxl $(PEER_SCRIPT)) $(ARGS)
 
 # The local web page over outputs/ (ARGS="--runs DIR --port N"); http://127.0.0.1:8000/ by default.
 app: install

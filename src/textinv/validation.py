@@ -89,6 +89,13 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
     "method.activate_output": (Bool, "true or false"),
     "method.widths": (Union[Literal["auto"], list[Int(ge=1, le=16384)]], "auto or a list of attention input widths, "
                                                                           "e.g. [768, 320]"),
+    "compile": (Bool, "true or false (torch.compile the frozen UNet and text encoders, channels-last, SDPA)"),
+    "module.compile": (Bool, "true or false (it follows compile=)"),
+    "module.compile_backend": (Literal["inductor", "aot_eager", "eager"], "is unknown; use one of inductor, "
+                                                                          "aot_eager, eager"),
+    "module.compile_mode": (Union[Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                                  None], "is unknown; use null, default, reduce-overhead, max-autotune or "
+                                         "max-autotune-no-cudagraphs"),
     "module.frozen_dtype": (Literal["auto", "fp32", "fp16", "bf16"], "auto, fp32, fp16 or bf16"),
     "module.optim.weight_decay": (Num(ge=0, le=1), "a number from 0 to 1"),
     "module.optim.betas": (tuple[Num(ge=0, lt=1), Num(ge=0, lt=1)], "two numbers in [0, 1), e.g. [0.9,0.999]"),

@@ -96,13 +96,17 @@ class _StepTimer:
         self.callback = Cb()
 
 
-def train_steps(model: str, resolution: int, steps: int, device: str, method: str = "textual_inversion") -> dict:
+def train_steps(model: str, resolution: int, steps: int, device: str, method: str = "textual_inversion",
+                compile: bool = False, precision: str = "32", extra: tuple[str, ...] = ()) -> dict:
+    """Seconds per training step (batch 1) through the real module and trainer; compile=True: compile=true
+    (its compile time and break-even, timed by the module on the first micro-step, come back too)."""
     from hydra.utils import instantiate
 
     from textinv.training.job import build_trainer, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _compose(f"model={model}", f"method={method}", "concept=demo", f"data.resolution={resolution}", "data.batch_size=1",
+        cfg = _compose(f"model={model}", f"method={method}", "concept=demo", f"data.resolution={resolution}",
+                       f"compile={str(compile).lower()}", f"trainer.precision={precision}", *extra, "data.batch_size=1",
                        "trainer.accumulate_grad_batches=1", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
                        f"steps={steps + 1}", "logger=csv", f"run_dir={tmp}", "~callbacks.model_checkpoint",
                        "~callbacks.progress_bar", "callbacks.embedding_writer.every_n_steps=0",
@@ -118,8 +122,9 @@ def train_steps(model: str, resolution: int, steps: int, device: str, method: st
         marks = [start] + timer.marks
         optimizer_state = sum(t.numel() * t.element_size() for s in trainer.optimizers[0].state.values()
                               for t in s.values() if torch.is_tensor(t))
-    # the first step includes the latent cache and warm-up: leave it out
-    return {"seconds": [b - a for a, b in zip(marks[1:], marks[2:])], "optimizer_state_bytes": optimizer_state}
+    # the first step includes the latent cache and warm-up (and, compiled, the compile): leave it out
+    return {"seconds": [b - a for a, b in zip(marks[1:], marks[2:])], "optimizer_state_bytes": optimizer_state,
+            "compile": module.compile_report, "first_step_s": marks[1] - marks[0]}
 
 
 def _sync(device: str) -> None:
@@ -127,27 +132,45 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def generation(model: str, resolution: int, device: str, gen_steps: int, gen_images: int, gen_batch: int) -> dict:
-    """Evaluation images per second: `gen_batch` images per pipeline call vs one image per call."""
+def generation(model: str, resolution: int, device: str, gen_steps: int, gen_images: int, gen_batch: int,
+               compile: bool = False, dtype: str | None = None, modes: tuple[str, ...] = ("batched", "single"),
+               backend: str = "inductor") -> dict:
+    """Evaluation images per second: `gen_batch` images per pipeline call vs one image per call.
+    compile=True: the frozen model as compile=true makes it (the warm-up then holds the compile: `warmup_s`).
+    dtype: the frozen weights' dtype (bf16 on a GPU, as training with bf16 frozen weights samples)."""
     import numpy as np
 
     from textinv.evaluation.evaluator import EvalConfig
     from textinv.models.frozen_sd import ModelSource
     from textinv.models.generation import ImageGenerator
+    from textinv.models.speed import SpeedSettings, apply_speed
 
     ev = EvalConfig()
     frozen = ModelSource(model).load()
     frozen.to(device)
+    if dtype is not None:
+        keep = frozen.family.keep_vae_fp32
+        for m in frozen.modules:
+            if not (keep and m is frozen.vae):
+                m.to(getattr(torch, dtype))
+    apply_speed(frozen, SpeedSettings(compile, backend))
     gen = ImageGenerator.from_frozen(frozen, scheduler=ev.scheduler)
     kw = dict(seed=ev.seed, guidance_scale=ev.guidance_scale, negative_prompt=ev.negative_prompt,
               height=resolution, width=resolution, output_type="np")
     prompts = ["a photo of a toy"]
     with torch.inference_mode():
-        # warm-up at both batch sizes (allocator, kernels, the cached prompt encoding)
-        gen.generate(prompts, 1, steps=1, batch_size=1, **kw)
+        # warm-up at both batch sizes (allocator, kernels, the cached prompt encoding; compiled: the compile)
+        _sync(device)
+        t0 = time.perf_counter()
+        if "single" in modes:
+            gen.generate(prompts, 1, steps=1, batch_size=1, **kw)
         gen.generate(prompts, min(gen_batch, gen_images), steps=1, batch_size=gen_batch, **kw)
+        _sync(device)
+        warmup = time.perf_counter() - t0
         out, seconds = {}, {}
         for mode, batch in (("batched", gen_batch), ("single", 1)):
+            if mode not in modes:
+                continue
             _sync(device)
             t0 = time.perf_counter()
             out[mode] = gen.generate(prompts, gen_images, steps=gen_steps, batch_size=batch, **kw)[0]
@@ -157,6 +180,8 @@ def generation(model: str, resolution: int, device: str, gen_steps: int, gen_ima
         f = gen.pipe.vae_scale_factor
         decode = {}
         for mode, batch in (("batched", gen_batch), ("single", 1)):
+            if mode not in modes:
+                continue
             z = torch.randn(batch, frozen.vae.config.latent_channels, resolution // f, resolution // f,
                             device=device, dtype=frozen.vae.dtype)
             frozen.vae.decode(z)
@@ -165,9 +190,11 @@ def generation(model: str, resolution: int, device: str, gen_steps: int, gen_ima
             frozen.vae.decode(z)
             _sync(device)
             decode[mode] = (time.perf_counter() - t0) / batch
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(out["batched"], out["single"]))
+    diff = (max(float(np.abs(a - b).max()) for a, b in zip(out["batched"], out["single"]))
+            if len(out) == 2 else None)
     return {"seconds": seconds, "decode_s_per_image": decode, "images": gen_images, "gen_steps": gen_steps,
-            "gen_batch": gen_batch, "max_pixel_diff": diff}
+            "gen_batch": gen_batch, "max_pixel_diff": diff, "warmup_s": warmup,
+            "first_image": out["batched"][0] if "batched" in out else None}  # popped before the JSON line
 
 
 COST_CONCEPT = "deku_tree"
@@ -193,7 +220,8 @@ def eval_cost_report(train_s_per_step: float, s_per_image_step: float, decode_s_
     return out
 
 
-def peer(model: str, resolution: int, steps: int, device: str, script: str | None = None) -> dict:
+def peer(model: str, resolution: int, steps: int, device: str, script: str | None = None,
+         mixed_precision: str = "no") -> dict:
     """diffusers' textual_inversion_sdxl.py on the same random weights and images (textinv.bench.peer)."""
     from textinv.bench.peer import peer_script, peer_steps
     from textinv.data.datamodule import ConceptDataModule
@@ -206,34 +234,55 @@ def peer(model: str, resolution: int, steps: int, device: str, script: str | Non
     concept = instantiate(_compose("concept=demo").concept, _convert_="all")
     ConceptDataModule(concept, resolution=resolution).load()  # draws the demo images on first use
     return peer_steps(path, model, resolution, steps, concept.folder.resolve(), concept.placeholder,
-                      concept.initializer)
+                      concept.initializer, mixed_precision=mixed_precision)
 
 
-PARTS = {"floor": floor, "train": train_steps, "train_hn": functools.partial(train_steps, method="hypernetwork"),
-         "generate": generation, "peer": peer}
+PARTS = {"floor": floor, "train": train_steps, "train_compiled": functools.partial(train_steps, compile=True),
+         "train_ddp": train_steps,
+         "train_hn": functools.partial(train_steps, method="hypernetwork"),
+         "generate": generation, "generate_compiled": functools.partial(generation, compile=True), "peer": peer}
 # peer: on request (it needs the script), e.g. --model sdxl_arch --parts floor,train,peer
-DEFAULT_PARTS = "floor,train,train_hn,generate"
+DEFAULT_PARTS = "floor,train,train_compiled,train_hn,generate,generate_compiled"
 
 
 def call_part(part: str, args) -> dict:
-    if part == "generate":
-        return generation(args.model, args.resolution, args.device, args.gen_steps, args.gen_images, args.gen_batch)
+    if part in ("generate", "generate_compiled"):
+        compiled = part == "generate_compiled"
+        modes = ("batched",) if compiled else tuple(args.gen_modes.split(","))
+        out = generation(args.model, args.resolution, args.device, args.gen_steps, args.gen_images, args.gen_batch,
+                         compile=compiled, modes=modes, backend=args.compile_backend, dtype=args.gen_dtype)
+        first = out.pop("first_image", None)
+        if args.save_first and first is not None:
+            import numpy as np
+
+            np.save(args.save_first, np.asarray(first, dtype=np.float32))
+        return out
     if part == "peer":
-        return peer(args.model, args.resolution, args.steps, args.device, args.peer_script)
-    return PARTS[part](args.model, args.resolution, args.steps, args.device)
+        return peer(args.model, args.resolution, args.steps, args.device, args.peer_script,
+                    mixed_precision="bf16" if args.precision.startswith("bf16") else "no")
+    if part == "train_ddp":  # 2 ranks (Lightning re-runs this command for rank 1): gloo on CPU, NCCL on GPUs
+        return train_steps(args.model, args.resolution, args.steps, args.device, precision=args.precision,
+                           extra=("trainer=ddp", "trainer.devices=2"))
+    if part == "floor":
+        return floor(args.model, args.resolution, args.steps, args.device)
+    extra = (f"module.compile_backend={args.compile_backend}",) if part == "train_compiled" else ()
+    return PARTS[part](args.model, args.resolution, args.steps, args.device, extra=extra, precision=args.precision)
 
 
-def run_part(part: str, args) -> dict:
+def run_part(part: str, args, save_first: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "textinv.bench", "--part", part, "--model", args.model, "--resolution",
            str(args.resolution), "--steps", str(args.steps), "--device", args.device,
-           "--gen-steps", str(args.gen_steps), "--gen-images", str(args.gen_images), "--gen-batch", str(args.gen_batch)]
+           "--gen-steps", str(args.gen_steps), "--gen-images", str(args.gen_images), "--gen-batch", str(args.gen_batch),
+           "--compile-backend", args.compile_backend]
+    if save_first:
+        cmd += ["--save-first", save_first]
     if args.peer_script:
         cmd += ["--peer-script", str(args.peer_script)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=ROOT)
     if out.returncode != 0:
         why = " (killed: out of memory?)" if out.returncode in (-9, 137) else ""
         raise SystemExit(f"bench part {part} failed with exit status {out.returncode}{why}:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads([ln for ln in out.stdout.strip().splitlines() if ln.startswith("{")][-1])
 
 
 def generation_report(g: dict, eval_steps: int = 50) -> dict:
@@ -255,6 +304,112 @@ def generation_report(g: dict, eval_steps: int = 50) -> dict:
     return rep
 
 
+def _load() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def run_alternating(parts: list[str], args) -> tuple[dict, dict, list]:
+    """Every part once per repeat, each in its own process, the order rotated each repeat (every part takes every
+    position: a drift of the machine's speed hits all contenders alike). Compiled and eager generation save their
+    first image, compared here (the numerics of compile=true in sampling)."""
+    runs: dict[str, list[dict]] = {p: [] for p in parts}
+    load: dict[str, list] = {p: [] for p in parts}
+    diffs: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            shift = r % len(parts)
+            for part in parts[shift:] + parts[:shift]:
+                save = str(Path(tmp) / f"{part}-{r}.npy") if part.startswith("generate") else None
+                runs[part].append(run_part(part, args, save))
+                load[part].append(_load())
+                print(f"  repeat {r + 1}/{args.repeats} {part}: done (load average {load[part][-1]})", flush=True)
+            files = [Path(tmp) / f"{p}-{r}.npy" for p in ("generate", "generate_compiled")]
+            if all(f.is_file() for f in files):
+                import numpy as np
+
+                diffs.append(float(np.abs(np.load(files[0]) - np.load(files[1])).max()))
+    return runs, load, diffs
+
+
+def merge_repeats(part: str, rs: list[dict]) -> dict:
+    """One part's repeats as one result: training parts' step times concatenated (their median is over all steps),
+    generation's seconds the median over repeats; peak memory the highest."""
+    out = dict(rs[-1])
+    out["peak_memory_gb"] = max(r["peak_memory_gb"] for r in rs)
+    if isinstance(rs[0].get("seconds"), list):
+        out["seconds"] = [x for r in rs for x in r["seconds"]]
+    elif isinstance(rs[0].get("seconds"), dict):
+        out["seconds"] = {m: statistics.median(r["seconds"][m] for r in rs) for m in rs[0]["seconds"]}
+        out["decode_s_per_image"] = {m: statistics.median(r["decode_s_per_image"][m] for r in rs)
+                                     for m in rs[0]["decode_s_per_image"]}
+    return out
+
+
+def _spread(values: list[float], digits: int = 3) -> dict:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "n": len(values)}
+
+
+def _fmt(sp: dict, unit: str = "") -> str:
+    return f"{sp['median']}{unit} (range {sp['min']}-{sp['max']}{unit}, {sp['n']} repeats)"
+
+
+def repeat_summary(runs: dict, args, pixel_diffs: list[float]) -> dict:
+    """Medians over the alternating repeats with their spread (min-max of the per-repeat figures), and the ratios
+    paired by repeat (taken from neighbouring processes: the machine's drift cancels)."""
+    out: dict = {"repeats": args.repeats}
+    per: dict[str, list[float]] = {}
+    for part, rs in runs.items():
+        if isinstance(rs[0].get("seconds"), list):
+            per[part] = [statistics.median(r["seconds"]) for r in rs]
+        elif part.startswith("generate"):
+            per[part] = [r["seconds"]["batched"] / r["images"] for r in rs]  # s per image, batched
+    if not per:
+        return out
+    print(f"medians over {args.repeats} alternating repeats (each part in its own process; range = the per-repeat "
+          "figures):")
+    for part, values in per.items():
+        unit = " s/image" if part.startswith("generate") else " s/step"
+        out[f"{part}_repeats"] = _spread(values, 4)
+        print(f"  {part + ':':20s} {_fmt(out[f'{part}_repeats'], unit)}")
+
+    def paired(a: str, b: str, key: str, label: str, target: float | None = None) -> None:
+        if a in per and b in per:
+            ratios = [x / y for x, y in zip(per[a], per[b])]
+            out[key] = _spread(ratios)
+            met = "" if target is None else (" (target >= %.2f: %s)" % (target, "met" if out[key]["median"] >= target
+                                                                          else "NOT met"))
+            print(f"  {label}: {_fmt(out[key], 'x')}{met}")
+
+    paired("train", "floor", "train_over_floor", "eager training step / floor")
+    paired("train_compiled", "floor", "train_compiled_over_floor", "compiled training step / floor")
+    paired("train", "train_compiled", "compile_speedup", "compile=true speed-up of the training step", 1.25)
+    paired("peer", "train_compiled", "compiled_vs_peer", "compile=true vs the peer script", 2.0)
+    paired("peer", "train", "eager_vs_peer", "eager vs the peer script")
+    paired("generate", "generate_compiled", "gen_compile_speedup", "compile=true speed-up of evaluation generation "
+           "(batched, s per image)", 1.3)
+    compiled = [r.get("compile") for r in runs.get("train_compiled", []) if r.get("compile")]
+    if compiled and "train" in per and "train_compiled" in per:
+        compile_s = _spread([c["compile_s"] for c in compiled], 1)
+        eager, fast = statistics.median(per["train"]), statistics.median(per["train_compiled"])
+        gain = eager - fast
+        out["compile_s"] = compile_s
+        out["break_even_step"] = int(-(-compile_s["median"] // gain)) if gain > 0 else None
+        print(f"  compile time (first compiled micro-step minus a compiled one, timed by the module): "
+              f"{_fmt(compile_s, ' s')}; pays off after step "
+              f"{out['break_even_step'] if out['break_even_step'] else 'never (not faster)'} "
+              f"({eager:.3f} -> {fast:.3f} s/step)")
+    gens = {p: [r["warmup_s"] for r in runs[p]] for p in ("generate", "generate_compiled") if p in runs}
+    if len(gens) == 2:
+        extra = [c - e for c, e in zip(gens["generate_compiled"], gens["generate"])]
+        out["gen_compile_s"] = _spread(extra, 1)
+        print(f"  generation compile time (compiled warm-up minus eager warm-up): {_fmt(out['gen_compile_s'], ' s')}")
+    if pixel_diffs:
+        out["gen_compiled_max_pixel_diff"] = max(pixel_diffs)
+        print(f"  compiled vs eager generation, first image: max pixel difference {max(pixel_diffs):.2e} (0-1 scale)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = Parser(prog="python -m textinv bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="sd15_arch")
@@ -272,18 +427,28 @@ def main(argv: list[str] | None = None) -> None:
                    "(default: $TEXTINV_PEER_SCRIPT)")
     p.add_argument("--part", choices=list(PARTS))
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repeats: every part runs once per repeat, in "
+                   "a rotated order, each in its own process; figures are medians over repeats with their spread")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the *_compiled parts "
+                   "(inductor; aot_eager only checks the plumbing)")
+    p.add_argument("--save-first", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="32", help="trainer.precision of the training parts (bf16-mixed: bf16 "
+                   "frozen weights on a GPU)")
+    p.add_argument("--gen-modes", default="batched,single", help=argparse.SUPPRESS)
+    p.add_argument("--gen-dtype", default=None, help="frozen weights' dtype for generation (e.g. bfloat16)")
     args = p.parse_args(argv)
     from textinv.evaluation.evaluator import EvalConfig
 
     args.gen_batch = args.gen_batch or EvalConfig().batch_size
     args.gen_steps = args.gen_steps or (50 if args.device == "cuda" else 5)
     args.gen_images = args.gen_images or (2 * args.gen_batch if args.device == "cuda" else args.gen_batch)
-    if min(args.gen_steps, args.gen_images, args.gen_batch, args.steps) < 1:
-        raise SystemExit("error: --steps, --gen-steps, --gen-images and --gen-batch must be >= 1")
+    if min(args.gen_steps, args.gen_images, args.gen_batch, args.steps, args.repeats) < 1:
+        raise SystemExit("error: --steps, --gen-steps, --gen-images, --gen-batch and --repeats must be >= 1")
     if args.part:  # child process: one measurement, JSON on the last stdout line
         result = call_part(args.part, args)
         result["peak_memory_gb"] = peak_memory_gb(args.device)
-        print(json.dumps(result))
+        if int(os.environ.get("LOCAL_RANK") or 0) == 0:  # a DDP part's rank 1 runs this too: rank 0 answers
+            print(json.dumps(result), flush=True)
         return
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     unknown = [x for x in parts if x not in PARTS]
@@ -300,10 +465,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             args.peer_script = str(script)
     load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    results, load_during = {}, {}
-    for part in parts:
-        results[part] = run_part(part, args)
-        load_during[part] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    runs, load_during, pixel_diffs = run_alternating(parts, args)
+    results = {part: merge_repeats(part, rs) for part, rs in runs.items()}
     report = {"model": args.model, "resolution": args.resolution, "device": args.device,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
               "load_avg_1min_before": load_before, "load_avg_1min_after_each_part": load_during,
@@ -382,10 +545,12 @@ def main(argv: list[str] | None = None) -> None:
         for label, key, f in rows:
             print(f"  {label + ':':32s} {f.format(b[key]):>12s} | {f.format(a[key]):>12s}")
         print(f"  target: evaluation <= 1.2x training after ({'met' if a['eval_over_train'] <= 1.2 else 'NOT met'})")
+    report.update(repeat_summary(runs, args, pixel_diffs))
     if load_before is not None and load_before > 0.5:
         print(f"note: the 1-minute load average was {load_before} on {os.cpu_count()} cores before the benchmark "
               "started: other jobs share this machine and the times may be inflated")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
 
 

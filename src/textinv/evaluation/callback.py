@@ -1,6 +1,7 @@
-"""Evaluation while training: at the steps textinv.evaluation.schedule names, generate, score, and log
-(rank 0 only, no collectives). The last step is max_steps, or where the validation-loss early stop ended
-the run."""
+"""Evaluation while training: at the steps textinv.evaluation.schedule names, generate, score, and log.
+Under DDP every rank generates its share of the images and rank 0 scores and writes
+(textinv.evaluation.shared): every rank takes part in every evaluation. The last step is max_steps, or where
+the validation-loss early stop ended the run."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import lightning as L
 from textinv.evaluation.evaluator import EvalConfig, Evaluator
 from textinv.evaluation.recorder import EvaluationRecorder
 from textinv.evaluation.schedule import Protocol, protocols_at
+from textinv.evaluation.shared import broadcast
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ class EvaluationCallback(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         step = trainer.global_step
-        self._done = self.recorder.resume(step)
+        # rank 0 reads what a resumed run already evaluated; every rank follows it (they evaluate together)
+        done = self.recorder.resume(step) if trainer.is_global_zero and self.evaluator is not None else None
+        self._done = broadcast(done) or set()
         if step == 0:  # the other steps are evaluated at the end of their batch
             self.evaluate(trainer, pl_module, protocols_at(self.cfg, step, final=False))
 
@@ -65,8 +69,8 @@ class EvaluationCallback(L.Callback):
 
     def evaluate(self, trainer, pl_module, protocols: list[Protocol]) -> None:
         step = trainer.global_step
-        if not trainer.is_global_zero or self.evaluator is None:
-            return  # the other ranks go on and wait at their next gradient all-reduce
+        if self.evaluator is None:
+            return
         for protocol in protocols:
             if (step, protocol.name) in self._done:
                 continue

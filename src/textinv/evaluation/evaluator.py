@@ -29,6 +29,7 @@ from PIL import Image
 from textinv.utils.atomic import atomic_write, atomic_write_text
 from textinv.errors import UserError
 from textinv.evaluation.schedule import FULL, LIGHT, Protocol, protocol_of
+from textinv.evaluation.shared import broadcast, generate_shared, rank_and_world
 from textinv.runs.layout import PROMPTS_FILE, image_name
 from textinv.evaluation.metrics import (CLIP_T_TEXTS, ClipScorer, DinoScorer, clip_i, clip_t, dino_similarity, inception_features,
                       inception_scores, load_inception, placeholder_free_text)
@@ -142,10 +143,14 @@ class Evaluator:
     """Scorers and the training images' features, built once per run; `evaluate` per step."""
 
     def __init__(self, cfg: EvalConfig, kind: str, concept_prompts: list[str], train_images: list[Image.Image],
-                 device: str | torch.device = "cpu"):
-        self.cfg, self.device = cfg, device
+                 device: str | torch.device = "cpu", scoring: bool = True):
+        """scoring=False (DDP ranks 1..N-1): generation only, no metric network loads (rank 0 scores)."""
+        self.cfg, self.device, self.scoring = cfg, device, scoring
         self.reconstruction, self.edits = evaluation_prompts(cfg, kind, concept_prompts)
         self.train_images = train_images
+        self.clip = self.train_clip = self.inception = self.train_inception = self.dino = self.train_dino = None
+        if not scoring:
+            return
         weights = None if cfg.clip.weights == "random" else cfg.clip.weights
         if cfg.clip.weights == "random" or (weights is None and not cfg.clip.scorer_arch().startswith("local-dir:")):
             log.warning("eval.clip.weights=random: CLIP has random weights, CLIP-I/CLIP-T mean nothing")
@@ -192,18 +197,29 @@ class Evaluator:
     def generate(self, generator, word: str, cache_key: str | None = None,
                  protocol: Protocol | None = None) -> list[list[Image.Image]]:
         """N images per template with `word` in place of {}; reused from disk when `cache_key` is given.
-        `generator` samples with `protocol.scheduler` (the full protocol by default)."""
+        `generator` samples with `protocol.scheduler` (the full protocol by default). Under DDP every rank calls
+        it and generates its share (textinv.evaluation.shared); rank 0 gets all images, the others None."""
         c, pr = self.cfg, protocol or self.cfg.full
         prompts = [t.format(word) for t in self.templates]
         cache = Path(c.baseline_cache) / cache_key if cache_key and c.baseline_cache else None
+        rank = rank_and_world()[0]
         if cache is not None:
             files = [[cache / image_name(p, k) for k in range(pr.num_images)] for p in range(len(prompts))]
-            if all(f.is_file() for row in files for f in row):
+            # rank 0 decides (the cache may be on its disk only); every rank follows
+            if broadcast(all(f.is_file() for row in files for f in row) if rank == 0 else None):
+                if rank != 0:
+                    return None
                 log.info("baseline images reused from %s", cache)
                 return [[Image.open(f).convert("RGB") for f in row] for row in files]
-        images = generator.generate(prompts, pr.num_images, seed=c.seed, steps=pr.sampler_steps,
-                                    guidance_scale=c.guidance_scale, negative_prompt=c.negative_prompt,
-                                    height=c.resolution, width=c.resolution, batch_size=c.batch_size)
+
+        def generate(share):
+            return generator.samples(prompts, pr.num_images, seed=c.seed, steps=pr.sampler_steps,
+                                     guidance_scale=c.guidance_scale, negative_prompt=c.negative_prompt,
+                                     height=c.resolution, width=c.resolution, batch_size=c.batch_size, share=share)
+
+        images = generate_shared(generate, len(prompts), pr.num_images)  # every rank its share; rank 0 gets all
+        if images is None:
+            return None
         if cache is not None:
             for row, frow in zip(images, files):
                 for img, f in zip(row, frow):

@@ -55,11 +55,13 @@ class EvaluationRecorder:
             write_metrics(self.metrics_path, {**self.header, "settings": self.evaluator.settings()}, self.evaluations)
 
     def record(self, loggers, generator, step: int, protocol: Protocol, word: str, tag: str,
-               baseline: bool = False, cache_key: str | None = None) -> dict:
+               baseline: bool = False, cache_key: str | None = None) -> dict | None:
         """Images of every evaluation prompt with `word` in place of {}, scored under `protocol`; the images
         go to eval/images/<step or baseline folder> and the record to metrics.json and the loggers."""
         ev = self.evaluator
         images = ev.generate(generator, word, cache_key=cache_key, protocol=protocol)
+        if images is None:  # a DDP rank other than 0: it generated its share; rank 0 scores and writes
+            return None
         record = {"step": step, "protocol": protocol.name, "settings": ev.settings(protocol),
                   **ev.score(images, word, inception=protocol.name == FULL)}
         save_images(image_folder(self.run_dir, None if baseline else step, protocol.name), ev.templates, images)

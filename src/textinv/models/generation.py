@@ -177,9 +177,11 @@ class ImageGenerator:
 
     def samples(self, prompts: str | Sequence[str], num_images_per_prompt: int = 1, seed: int = 0, steps: int = 50,
                 guidance_scale: float = 5.0, negative_prompt: str = "", height: int | None = None,
-                width: int | None = None, batch_size: int = 4, output_type: str = "pil"
-                ) -> list[list[GeneratedImage]]:
-        """`generate`, with each image's prompt, number and seed."""
+                width: int | None = None, batch_size: int = 4, output_type: str = "pil",
+                share: tuple[int, int] | None = None) -> list[list[GeneratedImage]]:
+        """`generate`, with each image's prompt, number and seed. share=(rank, world): only this rank's batches
+        (batch i of the one-process order goes to rank i mod world: textinv.evaluation.shared), so each image is
+        computed in the same batch, hence the same, whatever the number of ranks."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         height = self.default_size if height is None else height
         width = self.default_size if width is None else width
@@ -194,7 +196,11 @@ class ImageGenerator:
             uncond = uncond.zeros_like()  # SDXL's own rule for an empty negative prompt
         jobs = [(p, k) for p in range(len(prompts)) for k in range(num_images_per_prompt)]
         results: list[list[GeneratedImage]] = [[] for _ in prompts]
-        for start in range(0, len(jobs), batch_size):
+        starts = list(range(0, len(jobs), batch_size))
+        if share is not None:
+            rank, world = share
+            starts = [start for i, start in enumerate(starts) if i % world == rank]
+        for start in starts:
             chunk = jobs[start : start + batch_size]
             generators = [torch.Generator("cpu").manual_seed(seed + k) for _, k in chunk]
             latents = self.pipe(

@@ -65,6 +65,9 @@ class MethodFileWriter(L.Callback):
             "files": [str(p.relative_to(self.run_dir)) for p in self._files],
             **method.findings(pl_module.optim.lr),
         }
+        speed = getattr(pl_module, "speed", None)
+        if speed is not None and speed.compile:  # compile=true: what was applied, compile time, break-even
+            summary["compile"] = {"applied": speed.applied, **(pl_module.compile_report or {})}
         failures = [f for cb in trainer.callbacks for f in getattr(cb, "failures", [])]
         if failures:
             summary["evaluation_failures"] = failures

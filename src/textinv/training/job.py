@@ -36,6 +36,7 @@ from textinv.methods.base import Method
 from textinv.training.lr_schedule import parse_lr
 from textinv.runs.results import BASELINE_ROW
 from textinv.models.frozen_sd import ModelSource
+from textinv.models.speed import SpeedSettings, apply_speed
 from textinv.training.resume import check_resume, data_identity, log_applied_changes, model_identity, run_identity
 from textinv.runs.layout import FINISHED_MARKER, LAST_CHECKPOINT, config_file, finished_marker, last_checkpoint
 from textinv.runs.lock import folder_lock
@@ -146,12 +147,14 @@ def identity(cfg: DictConfig, concept: Concept, source: ModelSource, method: Met
 
 
 def build_evaluator(cfg: DictConfig, concept: Concept, datamodule: ConceptDataModule) -> Evaluator | None:
-    """Rank 0 only: CLIP/Inception plus the training images' features, once per run."""
+    """CLIP/Inception plus the training images' features, once per run, on rank 0; the other DDP ranks get an
+    evaluator that only generates (their share of every evaluation: textinv.evaluation.shared)."""
     eval_cfg: EvalConfig = instantiate(cfg.eval, _convert_="all")
-    if not eval_cfg.enabled or rank_zero_only.rank != 0:
+    if not eval_cfg.enabled:
         return None
     device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
-    return Evaluator(eval_cfg, concept.kind, concept.prompts, datamodule.images, device=device)
+    return Evaluator(eval_cfg, concept.kind, concept.prompts, datamodule.images, device=device,
+                     scoring=rank_zero_only.rank == 0)
 
 
 def run_header(cfg: DictConfig, concept: Concept, source: ModelSource, method: Method) -> dict:
@@ -186,6 +189,35 @@ def baseline_signals(run_dir: Path):
             signal.signal(sig, handler)
 
 
+def speed_settings(cfg: DictConfig) -> SpeedSettings:
+    module = cfg.get("module") or {}
+    return SpeedSettings(bool(cfg.get("compile", False)), module.get("compile_backend", "inductor"),
+                         module.get("compile_mode"))
+
+
+def world_size(trainer_cfg) -> int:
+    devices = trainer_cfg.get("devices")
+    world = devices if isinstance(devices, int) else len(devices) if OmegaConf.is_list(devices) else 1
+    return world * int(trainer_cfg.get("num_nodes") or 1)
+
+
+def baseline_ranks(cfg: DictConfig):
+    """The baseline row under trainer=ddp: the ranks a training run would have (Lightning Fabric starts them as
+    the Trainer does, re-running this job), each generating its share of the images; None for one process."""
+    t = cfg.trainer
+    if world_size(t) <= 1 or not str(t.get("strategy") or "").startswith("ddp"):
+        return None
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator=t.get("accelerator") or "auto", devices=t.devices, num_nodes=int(t.get("num_nodes") or 1),
+                    strategy="ddp", precision="32-true")
+    fabric.launch()
+    if fabric.global_rank == 0:
+        log.info("baseline row on %d ranks: each generates its share of the images, rank 0 scores and writes",
+                 fabric.world_size)
+    return fabric
+
+
 def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: ModelSource, method: Method,
                       evaluator: Evaluator, plan: dict | None = None) -> Path:
     """The "SD" row: the untouched model, the initializer word in place of the token, same prompts and seeds.
@@ -194,11 +226,14 @@ def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: 
     trained run's evaluation of the same protocol; the images of each protocol are cached apart."""
     from textinv.models.generation import ImageGenerator
 
-    frozen = source.load().to(evaluator.device)
+    fabric = baseline_ranks(cfg)  # trainer=ddp: every rank generates its share, rank 0 scores and writes
+    first = fabric is None or fabric.global_rank == 0
+    frozen = source.load().to(fabric.device if fabric is not None else evaluator.device)
+    apply_speed(frozen, speed_settings(cfg))  # compile=true: the same faster frozen model as a trained run samples with
     meter = CostMeter(plan)
     meter.start(frozen.unet)
     word = str(cfg.init)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c] if first else []
     recorder = EvaluationRecorder(evaluator, run_dir, {**run_header(cfg, concept, source, method),
                                                        "settings": evaluator.settings(), "cost": {"plan": plan}})
     fingerprint = source.fingerprint()
@@ -209,6 +244,8 @@ def evaluate_baseline(cfg: DictConfig, run_dir: Path, concept: Concept, source: 
                     generator = ImageGenerator.from_frozen(frozen, scheduler=protocol.scheduler)
                     recorder.record(loggers, generator, step, protocol, word, "baseline", baseline=True,
                                     cache_key=baseline_cache_key(fingerprint, word, evaluator, protocol))
+    if not first:
+        return run_dir
     cost = meter.summary()
     recorder.write({"cost": cost})
     for lg in loggers:

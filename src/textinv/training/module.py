@@ -12,6 +12,7 @@ Checkpoints hold the method's state, optimizer, LR schedule and step; never the 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from textinv.errors import NumericalFault, UserError
 from textinv.methods.base import Method
 from textinv.training.lr_schedule import parse_lr
 from textinv.models.frozen_sd import FrozenSD
+from textinv.models.speed import SpeedSettings, apply_speed, describe, time_compile
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ class ConceptModule(L.LightningModule):
     """Training of one concept: `method` attached to `frozen`; only the method's parameters train."""
 
     def __init__(self, frozen: FrozenSD, method: Method, optim: OptimConfig, seed: int = 0,
-                 frozen_dtype: str = "auto"):
+                 frozen_dtype: str = "auto", compile: bool = False, compile_backend: str = "inductor",
+                 compile_mode: str | None = None):
         super().__init__()
         self.family = frozen.family
         method.attach(frozen)
@@ -72,6 +75,9 @@ class ConceptModule(L.LightningModule):
         self.noise_scheduler = frozen.noise_scheduler
         self.size_conditioning: torch.Tensor | None = None  # [N, 6] per training image (SDXL's time_ids)
         self.optim, self.seed, self.frozen_dtype = optim, seed, frozen_dtype
+        # compile=true (textinv.models.speed): applied at fit start, after the frozen weights are cast and moved
+        self.speed = SpeedSettings(bool(compile), compile_backend, compile_mode)
+        self.compile_report: dict | None = None
         self.model_name = frozen.name
         self.latent_mean: torch.Tensor | None = None  # [N, 2 (plain, flipped), C, h, w]
         self.latent_std: torch.Tensor | None = None
@@ -117,6 +123,7 @@ class ConceptModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._cast_frozen()
+        apply_speed(self.frozen, self.speed)
         dm = self.trainer.datamodule
         if dm is not None and dm.use_cache:
             self.build_latent_cache(dm.pixel_tensor())
@@ -174,6 +181,25 @@ class ConceptModule(L.LightningModule):
         cond = self.family.encode(self.frozen.text_encoders, self.frozen.tokenizers, self.tokenize(prompts))
         time_ids = self.time_ids(images) if self.family.size_conditioned else None
         return self.family.unet_kwargs(cond, time_ids, self.unet.dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        """compile=true: before the first micro-step, its forward and backward timed eager and compiled (the first
+        compiled call compiles), gradients dropped: compile time and break-even in the log and run.json."""
+        if not self.speed.compile or self.compile_report is not None:
+            return
+
+        def step() -> None:
+            self.loss(batch).backward()
+
+        self.compile_report = time_compile(step, self._sync)
+        for p in self.method.parameters():
+            p.grad = None
+        if self.trainer.is_global_zero:
+            log.info("compile=true: %s", describe(self.compile_report))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         """Stop on the first non-finite trained weight (a NaN/inf loss leads there); the method keeps its last
