@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--px", type=int, default=64, help="image side in pixels (default 64, the world's size)")
     d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--masks", action="store_true",
+                   help="also write each image's subject mask beside it (<name>-masklabel.png) for data.masked=true")
     t = sub.add_parser("pretrain", help="pretrain the world's models from scratch (resumable)")
     t.add_argument("--work", type=Path, default=Path("outputs/toyworld"), help="checkpoints and derived data")
     t.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the exported weights go")
@@ -57,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.n < 1 or args.px < 16:
             p.error("--n must be >= 1 and --px >= 16")
-        paths = draw_concept(args.out, args.n, args.seed, args.px, shape=args.shape, color=args.color,
+        paths = draw_concept(args.out, args.n, args.seed, args.px, masks=args.masks, shape=args.shape, color=args.color,
                              background=args.background, style=args.style, size=args.size)
-        print(f"drew {len(paths)} images into {args.out}")
+        print(f"drew {len(paths)} images{' and their masks' if args.masks else ''} into {args.out}")
         return 0
     if args.command == "attributes":
         from textinv.toyworld import TOYWORLD_CLASSIFIER
