@@ -207,3 +207,13 @@ def test_toy_world_draws_masks_of_its_shapes(tmp_path):
         assert (red != inside).mean() < 0.02
     draw_concept(tmp_path, n=2, masks=False, shape="square", color="red", style="filled", background="white")
     assert not list(tmp_path.glob("*-masklabel.png"))  # a redraw without masks leaves none behind
+
+
+def test_web_page_plots_the_logged_norms_with_the_reference(tmp_path):
+    from textinv.app.run_page import norm_points
+
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("step,loss,norm/vector0,norm/vocab_median\n0,1.0,0.5,0.4\n"
+                                                  "10,0.9,0.7,0.4\n")
+    lines = norm_points(tmp_path)
+    assert lines == {"vector0": [(0, 0.5), (10, 0.7)], "vocab median": [(0, 0.4), (10, 0.4)]}
