@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="steps per variant per round")
-    p.add_argument("--pull", type=float, default=0.01, help="init_pull weight while timing 'pull'")
+    p.add_argument("--pull", type=float, default=0.1, help="init_pull weight while timing 'pull'")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.manual_seed(0)
