@@ -76,26 +76,32 @@ def main(argv: list[str] | None = None) -> dict:
     for v in VARIANTS:  # warm-up: one step of each (allocator, first-call costs)
         set_variant(module, method, masking, v, args.pull)
         step()
+    load_start = os.getloadavg()
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}  # this process's CPU time: robust to a loaded machine
     for r in range(args.rounds):
         order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # alternate the order too
         for v in order:
             set_variant(module, method, masking, v, args.pull)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 step()
             times[v].append((time.perf_counter() - t0) / args.steps)
-    plain = statistics.median(times["plain"])
+            cpu[v].append((time.process_time() - c0) / args.steps)
+
+    def summary(values: dict[str, list[float]]) -> dict:
+        plain = statistics.median(values["plain"])
+        return {"s_per_step": {v: statistics.median(t) for v, t in values.items()},
+                "relative_to_plain": {v: statistics.median(t) / plain for v, t in values.items()},
+                # paired per round: each variant's round over the plain round of the same round
+                "paired_ratio_median": {v: statistics.median(a / b for a, b in zip(values[v], values["plain"]))
+                                        for v in VARIANTS}}
+
     result = {"model": args.model, "batch_size": args.batch_size, "rounds": args.rounds, "steps": args.steps,
-              "loadavg_start_end": None, "torch_threads": torch.get_num_threads(),
-              "s_per_step": {v: statistics.median(t) for v, t in times.items()},
-              "relative_to_plain": {v: statistics.median(t) / plain for v, t in times.items()},
-              # paired per round: each variant's round time over the plain round next to it
-              "paired_ratio_median": {v: statistics.median(a / b for a, b in zip(times[v], times["plain"]))
-                                      for v in VARIANTS},
-              "all_s_per_step": times}
+              "pull": args.pull, "loadavg_start": load_start, "torch_threads": torch.get_num_threads(),
+              "cpu": summary(cpu), "wall": summary(times), "all_cpu_s_per_step": cpu, "all_wall_s_per_step": times}
     result["loadavg_end"] = os.getloadavg()
-    print(json.dumps({k: v for k, v in result.items() if k != "all_s_per_step"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith("all_")}, indent=2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
