@@ -73,12 +73,18 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
     "data.flip_p": (Num(ge=0, le=1), "a probability from 0 to 1"),
     "data.latent_cache": (Bool, "true or false"),
     "data.num_workers": (Int(ge=0, le=256), "a whole number >= 0"),
+    "data.masked": (Bool, "true or false"),
+    "data.mask.floor": (Num(ge=0, le=1), "a weight from 0 to 1 (outside the mask)"),
+    "data.mask.unmasked_probability": (Num(ge=0, le=1), "a probability from 0 to 1"),
+    "data.mask.normalize": (Bool, "true or false"),
     "data.augment.crop_scale": (Num(gt=0, le=1), "a fraction in (0, 1] (1 = off)"),
     "data.augment.rotation": (Num(ge=0, le=180), "degrees from 0 to 180"),
     "data.augment.color_jitter": (Num(ge=0, le=1), "a strength from 0 to 1"),
     "method.num_vectors": (Int(ge=1, le=75), "a whole number from 1 to 75 (the text encoder's 77-token window "
                                              "minus start and end)"),
     "method.init_method": (Literal["word", "random"], "word or random"),
+    "method.norm_rescale": (Bool, "true or false (rescale each vector to the vocabulary's median norm after each step)"),
+    "method.init_pull": (Num(ge=0, le=1e6), "a weight >= 0 (0 = off) of the L2 pull toward the initializer"),
     "method.layer_structure": (list[Num(gt=0, le=64)], "a list of positive width multipliers starting and ending "
                                                         "with 1, e.g. [1,2,1]"),
     "method.activation": (Literal[tuple(HN_ACTIVATIONS)], f"is unknown; use one of {', '.join(HN_ACTIVATIONS)}"),

@@ -186,8 +186,8 @@ def run(request: Request, id: str, protocol: str = FULL, step: int | None = None
     return render(request, "run.html", context)
 
 
-def loss_points(run_dir: Path) -> dict[str, list]:
-    """Training loss per logged step (metrics.csv; any column named like loss) and the validation loss."""
+def _logged(run_dir: Path, wanted) -> dict[str, list]:
+    """Columns of the run's metrics.csv whose name `wanted(name)` accepts: name -> [(step, value)]."""
     lines: dict[str, list] = {}
     path = next(iter(sorted(run_dir.glob("**/metrics.csv"))), None)
     try:
@@ -196,11 +196,17 @@ def loss_points(run_dir: Path) -> dict[str, list]:
         rows = []
     for row in rows:
         for key, value in row.items():
-            if key and "loss" in key and value not in (None, "") and (row.get("step") or "").isdigit():
+            if key and wanted(key) and value not in (None, "") and (row.get("step") or "").isdigit():
                 try:
                     lines.setdefault(key, []).append((int(row["step"]), float(value)))
                 except ValueError:
                     pass
+    return lines
+
+
+def loss_points(run_dir: Path) -> dict[str, list]:
+    """Training loss per logged step (metrics.csv; any column named like loss) and the validation loss."""
+    lines = _logged(run_dir, lambda key: "loss" in key)
     curve = read_json_tolerant(run_dir / "validation_loss.json")
     points = curve.get("points") if isinstance(curve, dict) else None
     if isinstance(points, list):
@@ -211,7 +217,11 @@ def loss_points(run_dir: Path) -> dict[str, list]:
 
 
 def norm_points(run_dir: Path) -> dict[str, list]:
-    """The learned vectors' L2 norm at each snapshot and at the end (diffusers-layout files)."""
+    """The learned vectors' L2 norm per logged step with the vocabulary's median norm (metrics.csv `norm/...`,
+    textual inversion's strength), or, for runs from before that was logged, at each snapshot and at the end."""
+    logged = _logged(run_dir, lambda key: key.startswith("norm/"))
+    if logged:
+        return {key[len("norm/"):].replace("_", " "): pts for key, pts in logged.items()}
     from safetensors.torch import load_file
 
     points = []

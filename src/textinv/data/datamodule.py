@@ -19,12 +19,13 @@ import torch
 from filelock import FileLock
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 from textinv.data.demo_concept import synthesize_demo_concept
 from textinv.errors import UserError
-from textinv.data.images import DRAWN_RECORD, list_image_files, load_concept_images, original_size, read_caption
+from textinv.data.images import DRAWN_RECORD, list_image_files, load_concept, original_size, read_caption
 from textinv.data.templates import TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,27 @@ class Augment:
         return self.crop_scale < 1.0 or self.rotation > 0 or self.color_jitter > 0
 
 
+@dataclass
+class Masking:
+    """How `data.masked=true` weights the loss (textinv.training.masked_loss): 1 inside an image's mask, `floor`
+    outside it, at latent resolution; a share of samples trains unmasked; each image's loss is its weighted mean
+    (`normalize`) or a plain mean, in which an image's loss shrinks with its mask's area."""
+
+    floor: float = 0.1  # weight outside the mask (OneTrainer's unmasked_weight default)
+    unmasked_probability: float = 0.0  # share of samples trained on the whole image
+    normalize: bool = True  # divide each image's weighted loss by its weight sum (mask area)
+
+    def __post_init__(self):
+        if not 0 <= self.floor <= 1 or not 0 <= self.unmasked_probability <= 1:
+            raise UserError(f"data.mask.floor={self.floor} and data.mask.unmasked_probability="
+                            f"{self.unmasked_probability} must lie in [0, 1]")
+
+
+def mask_tensor(mask: Image.Image) -> tv_tensors.Mask:
+    """A PIL "L" mask as a [1, H, W] uint8 Mask (geometric transforms move it with its image; colour ones skip it)."""
+    return tv_tensors.Mask(torch.from_numpy(np.array(mask, dtype=np.uint8)).unsqueeze(0))
+
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([abs(int(k)) for k in key])
 
@@ -98,8 +120,10 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 class ConceptDataset(Dataset):
     def __init__(self, images: list[Image.Image], captions: list[str | None], placeholder: str, kind: str,
-                 resolution: int, flip_p: float, augment: Augment, with_pixels: bool, seed: int, length: int):
+                 resolution: int, flip_p: float, augment: Augment, with_pixels: bool, seed: int, length: int,
+                 masks: list[Image.Image] | None = None, unmasked_probability: float = 0.0):
         self.images, self.captions = images, captions
+        self.masks, self.unmasked_probability = masks, unmasked_probability
         self.placeholder, self.templates = placeholder, TEMPLATES[kind]
         self.resolution, self.flip_p, self.augment = resolution, flip_p, augment
         self.with_pixels, self.seed, self.length = with_pixels, seed, length
@@ -146,10 +170,18 @@ class ConceptDataset(Dataset):
         flip = bool(rng.random() < self.flip_p)
         item = {"index": i, "image": image, "flip": flip,
                 "prompt": self.prompt(image, int(rng.integers(len(self.templates))))}
+        if self.masks is not None:  # its own stream: masks leave the flip, prompt and view of a sample unchanged
+            item["use_mask"] = bool(_rng(self.seed, i, 31).random() >= self.unmasked_probability)
         if self.with_pixels:
+            transform = self.random_view if self.augment.active else self.center
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**62)))
-                view = self.random_view(self.images[image]) if self.augment.active else self.center(self.images[image])
+                if self.masks is None:
+                    view = transform(self.images[image])
+                else:  # one call: the mask takes the same crop and rotation; colour jitter leaves it alone
+                    view, mask = transform(self.images[image], mask_tensor(self.masks[image]))
+                    mask = mask.as_subclass(torch.Tensor).float() / 255
+                    item["mask"] = TF.horizontal_flip(mask) if flip else mask
             pixels = to_tensor(view)
             item["pixels"] = TF.horizontal_flip(pixels) if flip else pixels
         return item
@@ -178,15 +210,18 @@ class StepSampler(Sampler[int]):
 class ConceptDataModule(L.LightningDataModule):
     def __init__(self, concept: Concept, resolution: int = 512, batch_size: int = 1, flip_p: float = 0.5,
                  augment: Augment | dict | None = None, latent_cache: bool = True, num_workers: int = 0,
-                 seed: int = 0, steps: int = 1):
+                 seed: int = 0, steps: int = 1, masked: bool = False, mask: Masking | dict | None = None):
         super().__init__()
         self.concept = concept
+        self.masked = masked  # weight the loss by each image's mask (alpha channel or <stem>-masklabel.png)
+        self.masking = mask if isinstance(mask, Masking) else Masking(**(mask or {}))
         self.resolution, self.batch_size, self.flip_p = resolution, batch_size, flip_p
         self.augment = augment if isinstance(augment, Augment) else Augment(**(augment or {}))
         self.latent_cache, self.num_workers, self.seed, self.steps = latent_cache, num_workers, seed, steps
         self.images: list[Image.Image] | None = None
         self.captions: list[str | None] = []
         self.files: list[Path] = []
+        self.masks: list[Image.Image] | None = None  # data.masked: one "L" mask per image (255 = subject)
 
     @property
     def use_cache(self) -> bool:
@@ -206,7 +241,10 @@ class ConceptDataModule(L.LightningDataModule):
                 else:
                     synthesize_demo_concept(folder)
             list_image_files(folder)  # clear error for a missing/empty folder
-            self.images, self.files = load_concept_images(folder, self.resolution)
+            images, files, masks = load_concept(folder, self.resolution, self.masked)
+        if self.masked:  # an image without a mask counts whole
+            self.masks = [m if m is not None else Image.new("L", img.size, 255) for img, m in zip(images, masks)]
+        self.images, self.files = images, files
         self.captions = [read_caption(p) for p in self.files]
         log.info("concept %s: %d images from %s", self.concept.name, len(self.images), folder)
 
@@ -226,6 +264,14 @@ class ConceptDataModule(L.LightningDataModule):
         self.load()
         center = T.Compose([T.Resize(self.resolution, antialias=True), T.CenterCrop(self.resolution)])
         return torch.stack([to_tensor(center(img)) for img in self.images])
+
+    def mask_tensor(self) -> torch.Tensor | None:
+        """data.masked: every image's mask, cropped as `pixel_tensor` crops its image, [N, 1, H, W] in [0, 1]."""
+        self.load()
+        if self.masks is None:
+            return None
+        center = T.Compose([T.Resize(self.resolution, antialias=True), T.CenterCrop(self.resolution)])
+        return torch.stack([center(mask_tensor(m)).as_subclass(torch.Tensor).float() / 255 for m in self.masks])
 
     def size_conditioning(self) -> torch.Tensor:
         """[N, 6] per image: original (h, w), crop top-left (y, x) of the centre crop, target (h, w).
@@ -247,7 +293,8 @@ class ConceptDataModule(L.LightningDataModule):
     def dataset(self, length: int) -> ConceptDataset:
         self.load()
         return ConceptDataset(self.images, self.captions, self.concept.placeholder, self.concept.kind,
-                              self.resolution, self.flip_p, self.augment, not self.use_cache, self.seed, length)
+                              self.resolution, self.flip_p, self.augment, not self.use_cache, self.seed, length,
+                              self.masks, self.masking.unmasked_probability)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

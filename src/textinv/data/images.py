@@ -19,6 +19,17 @@ log = logging.getLogger(__name__)
 DRAWN_RECORD = ".drawn.json"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".mpo", ".bmp", ".gif", ".tif", ".tiff"}
 SIDE_FILES = {".txt", ".json", ".md", ".yaml", ".yml", ".csv"}  # captions and notes beside images: not images
+# A mask beside its image (OneTrainer's convention): `00-masklabel.png` for `00.jpg`; white = the subject.
+MASK_SUFFIX = "-masklabel"
+
+
+def mask_file(image_path: Path) -> Path:
+    """Where an image's sidecar mask would be: `<stem>-masklabel.png` beside it."""
+    return image_path.with_name(f"{image_path.stem}{MASK_SUFFIX}.png")
+
+
+def is_mask_file(name: str) -> bool:
+    return Path(name).stem.endswith(MASK_SUFFIX)
 
 
 def _is_file(entry: os.DirEntry) -> bool:
@@ -37,8 +48,8 @@ def list_image_files(folder: Path) -> list[Path]:
     files, unsupported, hidden = [], [], []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         # is_file() follows links; a dangling or looping link is simply not a file.
-        if entry.name.startswith("."):
-            if entry.name != DRAWN_RECORD and _is_file(entry):
+        if entry.name.startswith(".") or is_mask_file(entry.name):  # hidden files and masks are not concept images
+            if entry.name.startswith(".") and entry.name != DRAWN_RECORD and _is_file(entry):
                 hidden.append(entry.name)
             continue
         if Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES:
@@ -63,6 +74,19 @@ def list_image_files(folder: Path) -> list[Path]:
     return files
 
 
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "P") and (img.mode != "P" or "transparency" in img.info) or (
+        img.mode in ("RGB", "L") and "transparency" in img.info)
+
+
+def alpha_of(img: Image.Image) -> Image.Image | None:
+    """The alpha channel ("L") of an image with transparency that is not fully opaque, else None."""
+    if not _has_alpha(img):
+        return None
+    alpha = img.convert("RGBA").getchannel("A")
+    return alpha if alpha.getextrema()[0] < 255 else None
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB; transparency is composited onto white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -78,19 +102,45 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: Path, min_side: int) -> Image.Image:
-    """Decode one image at roughly `min_side` on its short side (large JPEGs decode at reduced size)."""
-    with Image.open(path) as img:
-        img.draft("RGB", (min_side, min_side))  # JPEG: decode at 1/2, 1/4, 1/8 scale when big
-        img.seek(0)  # animated GIF / multi-picture MPO: the first frame
-        img = ImageOps.exif_transpose(img)
-        img.load()
-        img = _to_rgb(img)
+def _shrink(img: Image.Image, min_side: int) -> Image.Image:
     w, h = img.size
     scale = min_side / min(w, h)
     if scale < 1:
         img = img.resize((max(min_side, round(w * scale)), max(min_side, round(h * scale))), Image.Resampling.LANCZOS)
     return img
+
+
+def read_image(path: Path, min_side: int) -> tuple[Image.Image, Image.Image | None]:
+    """The one image reader: (RGB at roughly `min_side` on its short side, its alpha channel as "L" or None
+    when the image is opaque). Large JPEGs decode at reduced size; transparency is composited onto white."""
+    with Image.open(path) as img:
+        img.draft("RGB", (min_side, min_side))  # JPEG: decode at 1/2, 1/4, 1/8 scale when big
+        img.seek(0)  # animated GIF / multi-picture MPO: the first frame
+        img = ImageOps.exif_transpose(img)
+        img.load()
+        alpha = alpha_of(img)
+        img = _to_rgb(img)
+    img = _shrink(img, min_side)
+    if alpha is not None:
+        alpha = alpha.resize(img.size, Image.Resampling.BILINEAR)
+    return img, alpha
+
+
+def load_image(path: Path, min_side: int) -> Image.Image:
+    """Decode one image at roughly `min_side` on its short side (large JPEGs decode at reduced size)."""
+    return read_image(path, min_side)[0]
+
+
+def read_mask(path: Path, size: tuple[int, int]) -> Image.Image:
+    """A sidecar mask as "L" (white = subject; a colour mask reads as its luminance), resized to `size` (w, h)."""
+    with Image.open(path) as m:
+        m.seek(0)
+        m = ImageOps.exif_transpose(m)
+        m.load()
+        if m.mode in ("RGBA", "LA"):  # a transparent mask: its opaque, bright part is the subject
+            m = Image.composite(m.convert("L"), Image.new("L", m.size, 0), m.getchannel("A"))
+        m = m.convert("L")
+    return m if m.size == size else m.resize(size, Image.Resampling.BILINEAR)
 
 
 def original_size(path: Path) -> tuple[int, int]:
@@ -102,11 +152,26 @@ def original_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
+READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def load_concept_images(folder: Path, min_side: int) -> tuple[list[Image.Image], list[Path]]:
     """All readable images of a concept; unreadable or truncated ones are skipped with a warning."""
+    images, files, _ = load_concept(folder, min_side)
+    return images, files
+
+
+def load_concept(folder: Path, min_side: int, masked: bool = False
+                 ) -> tuple[list[Image.Image], list[Path], list[Image.Image | None]]:
+    """All readable images of a concept, their files and masks; unreadable, truncated or oversized ones are skipped
+    with a warning.
+
+    masked=True: each image's mask ("L", the image's size; None: no mask, the whole image counts):
+    its sidecar `<stem>-masklabel.png` if there is one, else its alpha channel. masked=False warns once per
+    transparent image: its transparency is flattened onto white, and the word would learn "on white"."""
     from textinv.validation import check_file_size
 
-    images, used = [], []
+    images, used, masks = [], [], []
     for path in list_image_files(folder):
         try:
             check_file_size(path, "image")
@@ -114,13 +179,37 @@ def load_concept_images(folder: Path, min_side: int) -> tuple[list[Image.Image],
             log.warning("skipping %s: %s", path, str(err).split(" is ", 1)[1] if " is " in str(err) else err)
             continue
         try:
-            images.append(load_image(path, min_side))
-            used.append(path)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            img, alpha = read_image(path, min_side)
+        except READ_ERRORS as err:
             log.warning("skipping unreadable image %s (%s)", path, err)
+            continue
+        mask = None
+        if masked:
+            side = mask_file(path)
+            if side.is_file():
+                try:
+                    mask = read_mask(side, img.size)
+                except READ_ERRORS as err:
+                    raise UserError(f"mask {side} of {path.name} is unreadable ({err}); fix or remove it") from None
+            else:
+                mask = alpha
+        elif alpha is not None:
+            log.warning("%s is transparent: training sees it on white (set data.masked=true to learn only its "
+                        "opaque part)", path)
+        images.append(img)
+        used.append(path)
+        masks.append(mask)
     if not images:
         raise UserError(f"no readable image in {folder}: every file failed to decode; add valid JPEG/PNG/WebP images")
-    return images, used
+    if masked:
+        missing = [p.name for p, m in zip(used, masks) if m is None]
+        if len(missing) == len(used):
+            raise UserError(f"data.masked=true but no image in {folder} has a mask: give each image an alpha channel "
+                            f"or a sidecar <name>{MASK_SUFFIX}.png (white = the subject), or set data.masked=false")
+        if missing:
+            log.warning("data.masked=true: %d image(s) without a mask train on the whole picture (%s)", len(missing),
+                        ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""))
+    return images, used, masks
 
 
 def read_caption(image_path: Path) -> str | None:

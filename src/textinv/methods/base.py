@@ -10,6 +10,10 @@ Life of a method in a training run:
     identity()                 merged into the run identity a checkpoint must match (textinv.training.resume)
     attach(frozen)             model surgery on the loaded frozen model; afterwards parameters() train
     prompt(p)                  each training prompt, as the text encoders must read it
+    regularization()           a term added to the loss (textual inversion: the L2 pull toward the initializer)
+    after_step()               after each optimizer step (textual inversion: rescale to the vocabulary's norm)
+    strength()                 what the loggers plot each step (textual inversion: each vector's norm, the
+                               vocabulary's median norm as the reference line)
     state() / load_state(s)    what a checkpoint keeps and restores (never the frozen model)
     keep_if_finite()           the non-finite guard after each step: False means restored to the last good state
     write_files(folder, ...)   final files and snapshots (paths: textinv.runs.layout)
@@ -67,6 +71,17 @@ class Method(nn.Module):
     def prompt(self, prompt: str) -> str:
         """A prompt as the text encoders must read it (unchanged unless the method adds tokens)."""
         return prompt
+
+    def regularization(self) -> torch.Tensor | None:
+        """A term added to the training loss (None: nothing)."""
+        return None
+
+    def after_step(self) -> None:
+        """Called after every optimizer step (not after each accumulated micro-batch)."""
+
+    def strength(self) -> dict[str, float]:
+        """Numbers the loggers record each step (`norm/...`); empty when the method has none."""
+        return {}
 
     @property
     def eval_word(self) -> str:

@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--px", type=bounded_int(16, 1024), default=64,
                    help="image side in pixels (default 64, the world's size)")
     d.add_argument("--out", type=Path, required=True)
+    d.add_argument("--masks", action="store_true",
+                   help="also write each image's subject mask beside it (<name>-masklabel.png) for data.masked=true")
     t = sub.add_parser("pretrain", help="pretrain the world's models from scratch (resumable)")
     t.add_argument("--work", type=out_folder, default=Path("outputs/toyworld"), help="checkpoints and derived data")
     t.add_argument("--out", type=out_folder, default=DEFAULT_OUT, help="where the exported weights go")
@@ -106,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         from textinv.toyworld.draw import draw_concept
 
         check_draw_out(args.out)
-        paths = draw_concept(args.out, args.n, args.seed, args.px, shape=args.shape, color=args.color,
+        paths = draw_concept(args.out, args.n, args.seed, args.px, masks=args.masks, shape=args.shape, color=args.color,
                              background=args.background, style=args.style, size=args.size)
-        print(f"drew {len(paths)} images into {args.out}")
+        print(f"drew {len(paths)} images{' and their masks' if args.masks else ''} into {args.out}")
         return 0
     if args.command == "attributes":
         from textinv.toyworld import TOYWORLD_CLASSIFIER

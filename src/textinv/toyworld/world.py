@@ -162,6 +162,15 @@ def render(scene: Scene, size: int = WORLD_SIZE) -> Image.Image:
     return Image.fromarray(canvas).resize((size, size), Image.Resampling.BOX)
 
 
+def render_mask(scene: Scene, size: int = WORLD_SIZE) -> Image.Image:
+    """The subject's mask ("L", 255 = the shape): its whole filled outline, whatever its rendering paints, drawn as
+    `render` draws the scene (same supersampling, so edge pixels are partial)."""
+    side = size * SUPERSAMPLE
+    unit = side / WORLD_SIZE
+    inside, edge = _masks(scene.shape, side, scene.x * side, scene.y * side, SIZES[scene.size] * side, 3 * unit)
+    return Image.fromarray(((inside | edge) * 255).astype(np.uint8), "L").resize((size, size), Image.Resampling.BOX)
+
+
 # --------------------------------------------------------------------------------------------------
 # Captions
 # --------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from diffusers.optimization import get_scheduler
 from textinv.errors import NumericalFault, UserError
 from textinv.methods.base import Method
 from textinv.training.lr_schedule import parse_lr
+from textinv.training.masked_loss import latent_mask, loss_weights, weighted_mse
 from textinv.models.frozen_sd import FrozenSD
 from textinv.models.speed import SpeedSettings, apply_speed, describe, time_compile
 
@@ -81,6 +82,9 @@ class ConceptModule(L.LightningModule):
         self.model_name = frozen.name
         self.latent_mean: torch.Tensor | None = None  # [N, 2 (plain, flipped), C, h, w]
         self.latent_std: torch.Tensor | None = None
+        # data.masked: the masks at latent resolution, cached beside the moments: [N, 2 (plain, flipped), 1, h, w]
+        self.latent_masks: torch.Tensor | None = None
+        self.masking = None  # data.masked: the datamodule's Masking (floor, unmasked share, normalisation)
         self.identity: dict = {}  # what checkpoints belong to (textinv.training.resume), set by textinv.training.job
         self.strict_loading = False  # checkpoints hold only the method's state
         # DDP: only the method's parameters are synchronised; frozen weights are identical on every rank already.
@@ -112,21 +116,29 @@ class ConceptModule(L.LightningModule):
         return dist.mean.float(), dist.std.float()
 
     @torch.no_grad()
-    def build_latent_cache(self, pixels: torch.Tensor, chunk: int = 4) -> None:
-        """Encode every training image and its mirror once; steps then only sample from the moments."""
+    def build_latent_cache(self, pixels: torch.Tensor, chunk: int = 4, masks: torch.Tensor | None = None) -> None:
+        """Encode every training image and its mirror once; steps then only sample from the moments. With masks
+        ([N, 1, H, W]), each view's mask at latent resolution is cached under the same (image, flip) key."""
         views = torch.stack([pixels, pixels.flip(-1)], 1).flatten(0, 1)
         moments = [self._encode_moments(views[i : i + chunk]) for i in range(0, len(views), chunk)]
         mean = torch.cat([m for m, _ in moments]).unflatten(0, (len(pixels), 2))
         std = torch.cat([s for _, s in moments]).unflatten(0, (len(pixels), 2))
         self.latent_mean, self.latent_std = mean, std
-        log.info("cached latents of %d images (+ mirrors): %s", len(pixels), tuple(mean.shape))
+        self.latent_masks = None
+        if masks is not None:
+            small = latent_mask(masks, mean.shape[-2:])
+            self.latent_masks = torch.stack([small, small.flip(-1)], 1).to(mean.device)
+        log.info("cached latents of %d images (+ mirrors): %s%s", len(pixels), tuple(mean.shape),
+                 " with their masks" if masks is not None else "")
 
     def on_fit_start(self) -> None:
         self._cast_frozen()
         apply_speed(self.frozen, self.speed)
         dm = self.trainer.datamodule
+        if dm is not None and getattr(dm, "masked", False):
+            self.masking = dm.masking
         if dm is not None and dm.use_cache:
-            self.build_latent_cache(dm.pixel_tensor())
+            self.build_latent_cache(dm.pixel_tensor(), masks=dm.mask_tensor() if self.masking is not None else None)
         if dm is not None:
             self.size_conditioning = dm.size_conditioning()
 
@@ -165,7 +177,22 @@ class ConceptModule(L.LightningModule):
         t = torch.cat([torch.randint(0, num_t, (1,), generator=g, device=self.device) for g in gens])
         noisy, target = self.noised_and_target(latents, noise, t)
         pred = self.unet(noisy.to(self.unet.dtype), t, **self.unet_conditioning(batch["prompt"], batch["image"])).sample
-        return F.mse_loss(pred.float(), target.float())
+        weights = self.loss_weights(batch, latents.shape[-2:])
+        if weights is None:
+            return F.mse_loss(pred.float(), target.float())
+        return weighted_mse(pred, target, weights, self.masking.normalize)
+
+    def loss_weights(self, batch: dict, size) -> torch.Tensor | None:
+        """data.masked: per-sample weights at latent resolution [B, 1, h, w] (None: a plain mean)."""
+        if self.masking is None:
+            return None
+        if "mask" in batch:  # pixels went through augmentations: so did their masks
+            small = latent_mask(batch["mask"].to(self.device), size)
+        else:
+            idx, flip = batch["image"].to(self.device), batch["flip"].long().to(self.device)
+            small = self.latent_masks[idx, flip]
+        use = batch.get("use_mask")
+        return loss_weights(small, self.masking.floor, None if use is None else torch.as_tensor(use, device=self.device))
 
     def noised_and_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
         """The noised latents and what the UNet must predict from them (noise, or v for v-prediction models)."""
@@ -219,7 +246,19 @@ class ConceptModule(L.LightningModule):
         loss = self.loss(batch)
         self.log("loss", loss, prog_bar=True, batch_size=len(batch["index"]))
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        extra = self.method.regularization()
+        if extra is not None:
+            self.log("loss_reg", extra.detach(), batch_size=len(batch["index"]))
+            loss = loss + extra
+        strength = self.method.strength()  # the word's strength: a curve per vector and the vocabulary's reference
+        if strength:
+            self.log_dict(strength, on_step=True, on_epoch=False, batch_size=len(batch["index"]))
         return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        out = super().optimizer_step(*args, **kwargs)
+        self.method.after_step()  # once per optimizer step, after the update (e.g. the norm rescale)
+        return out
 
     # --- optimisation -------------------------------------------------------------------------
     def effective_lr(self) -> float:

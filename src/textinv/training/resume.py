@@ -35,7 +35,8 @@ OVERRIDES = {"method": "method", "placeholder": "concept.placeholder", "model": 
              "scale_lr": "module.optim.scale_lr", "resolution": "data.resolution", "flip_p": "data.flip_p",
              "augment": "data.augment", "latent_cache": "data.latent_cache", "betas": "module.optim.betas",
              "eps": "module.optim.eps", "precision": "trainer.precision", "frozen_dtype": "module.frozen_dtype",
-             "kind": "concept.kind"}
+             "kind": "concept.kind", "masked": "data.masked", "mask_floor": "data.mask.floor",
+             "mask_unmasked_probability": "data.mask.unmasked_probability", "mask_normalize": "data.mask.normalize"}
 DATA_KEY, MODEL_KEY = "data", "model_fingerprint"
 
 
@@ -107,7 +108,16 @@ def run_identity(cfg: DictConfig, word: str, model_name: str, model_location: st
             "seed": int(cfg.seed), "batch_size": int(cfg.data.batch_size),
             "accumulate_grad_batches": int(cfg.trainer.accumulate_grad_batches), "schedule": str(o.schedule),
             "warmup_steps": int(o.warmup_steps), "weight_decay": float(o.weight_decay), "scale_lr": bool(o.scale_lr),
-            "steps": int(cfg.steps)}
+            "steps": int(cfg.steps), **mask_identity(cfg.data)}
+
+
+def mask_identity(data: DictConfig) -> dict:
+    """data.masked and, when on, its loss weights (a masked run resumed unmasked would train another loss)."""
+    if not data.get("masked", False):
+        return {"masked": False}
+    m = data.mask
+    return {"masked": True, "mask_floor": float(m.floor), "mask_unmasked_probability": float(m.unmasked_probability),
+            "mask_normalize": bool(m.normalize)}
 
 
 def read_checkpoint(path: str | Path) -> dict:

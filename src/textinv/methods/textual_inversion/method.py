@@ -25,14 +25,24 @@ from textinv.methods.textual_inversion.placeholder import (check_placeholder, in
 
 class TextualInversion(Method):
     """`num_vectors` new token vectors for the concept's word, starting from the initializer word
-    (`init_method=word`, the mean if it is several tokens) or seeded noise (`init_method=random`)."""
+    (`init_method=word`, the mean if it is several tokens) or seeded noise (`init_method=random`).
+
+    The word's strength: each vector's norm is logged every step beside the vocabulary's median norm
+    (`norm/...`); `norm_rescale` puts each vector back to that median after every optimizer step (OneTrainer's
+    preserve_embedding_norm), `init_pull` adds init_pull x |v - v_init|^2 (mean over vectors) to the loss (the
+    original work's embedding regularisation). With two text encoders each encoder's columns count apart."""
 
     name, row_label, log_tag = "textual_inversion", TI_ROW, "ti"
 
     def __init__(self, word: str, initializer: str | None, seed: int = 0, num_vectors: int = 1,
-                 init_method: str = "word"):
+                 init_method: str = "word", norm_rescale: bool = False, init_pull: float = 0.0):
         super().__init__(word, initializer, seed)
         self.num_vectors, self.init_method = num_vectors, init_method
+        self.norm_rescale, self.init_pull = bool(norm_rescale), float(init_pull)
+        if self.init_pull < 0:
+            raise UserError(f"method.init_pull={init_pull} must be >= 0 (0 = off)")
+        self.spans: list[tuple[int, int]] = []  # each text encoder's columns of the Parameter
+        self.reference: list[float] = []  # each encoder vocabulary's median token-vector norm
         self.placeholder = None  # the installed word (placeholder.Placeholder), once attached
         self.vectors: torch.nn.Parameter | None = None  # [num_vectors, sum of the encoders' widths], fp32
         self.state_key = ""
@@ -49,8 +59,10 @@ class TextualInversion(Method):
         check_window(tokenizer, self.word, self.num_vectors, eval_prompts, "evaluation prompt")
 
     def identity(self) -> dict:
+        # checkpoints from before the norm options lack them, and resume (only a checkpoint's own keys are compared)
         return {"num_vectors": int(self.num_vectors), "init_method": str(self.init_method),
-                "initializer": None if self.init_method == "random" else self.initializer}
+                "initializer": None if self.init_method == "random" else self.initializer,
+                "norm_rescale": self.norm_rescale, "init_pull": self.init_pull}
 
     def header(self) -> dict:
         return {"num_vectors": self.num_vectors}
@@ -59,6 +71,12 @@ class TextualInversion(Method):
     def attach(self, frozen) -> None:
         self.family, self.model_name = frozen.family, frozen.name
         self.widths = self.family.widths(frozen.text_encoders)  # measured before the placeholder goes in
+        self.spans, self.reference, col = [], [], 0
+        for enc in frozen.text_encoders:
+            weight = enc.get_input_embeddings().weight
+            self.spans.append((col, col + weight.shape[1]))
+            self.reference.append(float(weight.detach().float().norm(dim=1).median()))
+            col += weight.shape[1]
         self.placeholder = install_placeholder(frozen.tokenizers, frozen.text_encoders, self.word, self.num_vectors,
                                                self.initializer, self.init_method, self.seed)
         # One Parameter shared by every encoder (each reads its columns); registered here too, so that
@@ -72,6 +90,32 @@ class TextualInversion(Method):
 
     def prompt(self, prompt: str) -> str:
         return self.placeholder.expand(prompt)
+
+    def norms(self) -> torch.Tensor:
+        """[num_vectors, encoders]: each vector's L2 norm in each encoder's columns."""
+        v = self.vectors.detach().float()
+        return torch.stack([v[:, a:b].norm(dim=1) for a, b in self.spans], 1)
+
+    def strength(self) -> dict[str, float]:
+        norms, many = self.norms(), len(self.spans) > 1
+        out = {}
+        for k, ref in enumerate(self.reference):
+            enc = f".te{k + 1}" if many else ""
+            out[f"norm/vocab_median{enc}"] = ref
+            for i in range(norms.shape[0]):
+                out[f"norm/vector{i}{enc}"] = float(norms[i, k])
+        return out
+
+    def regularization(self) -> torch.Tensor | None:
+        if not self.init_pull:
+            return None
+        diff = self.vectors - self.initial.to(self.vectors.device)
+        return self.init_pull * diff.pow(2).sum(1).mean()
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.norm_rescale:
+            rescale_to(self.vectors, self.spans, self.reference)
 
     @property
     def eval_word(self) -> str:
@@ -105,7 +149,9 @@ class TextualInversion(Method):
 
     def summary(self) -> dict:
         return {"placeholder": self.placeholder.token, "tokens": self.placeholder.tokens,
-                "num_vectors": self.placeholder.num_vectors}
+                "num_vectors": self.placeholder.num_vectors,
+                "norms": [[round(float(x), 5) for x in row] for row in self.norms()],  # [vector][encoder]
+                "vocab_median_norm": [round(r, 5) for r in self.reference]}
 
     def findings(self, lr: float) -> dict:
         tokens = self.placeholder.tokens
@@ -120,3 +166,11 @@ class TextualInversion(Method):
     @classmethod
     def generation_files(cls, cfg, source, tokenizer) -> EmbeddingFiles:
         return EmbeddingFiles.read(cfg, source, tokenizer)
+
+
+@torch.no_grad()
+def rescale_to(vectors: torch.Tensor, spans: list[tuple[int, int]], norms: list[float]) -> None:
+    """In place: each row's columns of each span scaled to that span's norm (a zero row stays zero)."""
+    for (a, b), target in zip(spans, norms):
+        part = vectors[:, a:b]
+        part.mul_(target / part.norm(dim=1, keepdim=True).clamp_min(1e-12))
