@@ -59,11 +59,12 @@ toyworld: install
 	$(PY) -m textinv.toyworld pretrain $(ARGS)
 
 # One pytest-xdist worker per core (at most 4: each holds its own tiny models), whole files per worker so module
-# fixtures are built once; TEST_WORKERS=0 runs in this process.
+# fixtures are built once, in tests/conftest.py's order (longest first; xdist would sort by test count);
+# TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Tests marked slow (pytest -m slow): compile=true with the inductor backend (minutes of C++ compile on a CPU).
 test-slow: install

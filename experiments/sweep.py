@@ -17,7 +17,7 @@ import logging
 from textinv.cli import claim_outputs, exit_on_user_error, results_parser, script_logging
 from textinv.runs.report import log_wandb
 from textinv.runs.results import comparability_warnings, load_runs
-from textinv.runs.sweep_report import SWEPT_KEYS, sweep_files, varying_keys
+from textinv.runs.sweep_report import SWEPT_KEYS, by_value, sweep_files, varying_keys
 
 log = logging.getLogger("textinv.sweep")
 
@@ -40,6 +40,7 @@ def main(argv=None) -> dict:
     warnings = [w for w in comparability_warnings(runs) if not (by == "model" and w.startswith("runs use"))]
     for w in warnings:
         log.warning(w)
+    by_value(runs, by)  # an --by no run records is refused before --out is touched
     claim_outputs(args.out, [r"sweep\.md", r"by_.+\.(csv|png)", r"runs\.csv", r"steps\.(csv|png)"], "sweep.py")
     files, tables = sweep_files(args.out, by, runs, warnings)
     if not args.no_wandb:

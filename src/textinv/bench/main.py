@@ -23,6 +23,7 @@ Usage: python -m textinv.bench [--resolution 256] [--steps 6] [--model sd15_arch
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
