@@ -107,6 +107,23 @@ def check_word(tokenizer, word) -> None:
         raise UserError(f"init={word!r} tokenizes to nothing; use a plain word such as init=tree")
 
 
+def checked_method(cfg: DictConfig, concept: Concept, source: ModelSource, info, tokenizer,
+                   train_prompts: list[str]) -> Method:
+    """The model's limits and the method's own checks, before any big weights load (training and plan=true)."""
+    check_resolution(cfg.data.resolution, info.resolution_multiple)
+    if not cfg.baseline:  # the baseline only samples; training needs a loss target it knows
+        check_prediction_type(source.name, info.prediction_type)
+    method: Method = instantiate(cfg.method, _convert_="all")(word=concept.placeholder, initializer=cfg.init,
+                                                              seed=cfg.seed)
+    eval_prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or [])
+                    if "{}" in p]
+    method.check(tokenizer, train_prompts, eval_prompts)
+    method.check_model(source)
+    if cfg.baseline:
+        check_word(tokenizer, cfg.init)
+    return method
+
+
 def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, ConceptDataModule, Method]:
     """All checks that need no big weights (the metric networks' weights are checked in `build_evaluator`)."""
     check_numbers(cfg)
@@ -117,20 +134,8 @@ def prepare(cfg: DictConfig) -> tuple[Path, str | None, Concept, ModelSource, Co
     source: ModelSource = instantiate(cfg.model)
     datamodule: ConceptDataModule = instantiate(cfg.data, _partial_=True, _convert_="all")(concept=concept)
     datamodule.load()
-    info = source.info()
-    check_resolution(cfg.data.resolution, info.resolution_multiple)
-    if not cfg.baseline:  # the baseline only samples; training needs a loss target it knows
-        check_prediction_type(source.name, info.prediction_type)
-    method: Method = instantiate(cfg.method, _convert_="all")(word=concept.placeholder, initializer=cfg.init,
-                                                              seed=cfg.seed)
-    tokenizer = source.load_tokenizer()
     train_prompts = [] if cfg.baseline else datamodule.dataset(1).all_prompts()
-    eval_prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or [])
-                    if "{}" in p]
-    method.check(tokenizer, train_prompts, eval_prompts)
-    method.check_model(source)
-    if cfg.baseline:
-        check_word(tokenizer, cfg.init)
+    method = checked_method(cfg, concept, source, source.info(), source.load_tokenizer(), train_prompts)
     if ckpt_path is not None:
         check_resume(ckpt_path, identity(cfg, concept, source, method, datamodule))
         log_applied_changes(config_file(run_dir), cfg)  # what passed the identity: applied, and said so
@@ -300,17 +305,7 @@ def check_plan(cfg: DictConfig) -> None:
     except UserError as err:
         log.warning("plan: the model's limits (resolution, prediction type, vocabulary) are not checked: %s", err)
         return
-    check_resolution(cfg.data.resolution, info.resolution_multiple)
-    if not cfg.baseline:
-        check_prediction_type(source.name, info.prediction_type)
-    method: Method = instantiate(cfg.method, _convert_="all")(word=concept.placeholder, initializer=cfg.init,
-                                                              seed=cfg.seed)
-    eval_prompts = [p.format(concept.placeholder) for p in (cfg.eval.get("prompts") or concept.prompts or [])
-                    if "{}" in p]
-    method.check(tokenizer, train_prompts, eval_prompts)
-    method.check_model(source)
-    if cfg.baseline:
-        check_word(tokenizer, cfg.init)
+    checked_method(cfg, concept, source, info, tokenizer, train_prompts)
 
 
 def print_plan(cfg: DictConfig) -> dict:
