@@ -203,13 +203,7 @@ def new_output_file(value: str, flag: str = "OUT"):
     if path.is_file() or path.is_symlink():
         raise UserError(f"{flag} {value} already exists; this command never overwrites a file it did not write: "
                         "choose a new name or move it away")
-    probe = path.parent  # missing folders are made; the nearest existing one must be a writable folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"{flag} {value}: {probe} is a file, not a folder; choose another path")
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"{flag} {value}: {probe} is not writable; choose a writable folder")
+    check_writable_folder(path.parent, f"{flag} {value}", "is a file, not a folder; choose another path")
     return path
 
 
@@ -218,14 +212,22 @@ def out_folder(value: str):
     from pathlib import Path
 
     path = Path(value).expanduser()
-    probe = path
+    check_writable_folder(path, f"--out {value}", "is an existing file, not a folder; choose a folder")
+    return path
+
+
+def check_writable_folder(path, what: str, not_a_folder: str) -> None:
+    """Missing folders are made later: the nearest existing one at or above `path` must be a writable folder.
+    `what` names the argument ("--out x"), `not_a_folder` ends the refusal when that nearest one is a file."""
+    from pathlib import Path
+
+    probe = Path(path)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"--out {value}: {probe} is an existing file, not a folder; choose a folder")
+        raise UserError(f"{what}: {probe} {not_a_folder}")
     if not os.access(probe, os.W_OK):
-        raise UserError(f"--out {value}: {probe} is not writable; choose a writable folder")
-    return path
+        raise UserError(f"{what}: {probe} is not writable; choose a writable folder")
 
 
 OUTPUT_RECORD = ".textinv-outputs.json"  # in an --out folder: the file names textinv commands write there
@@ -267,8 +269,6 @@ def claim_outputs(out, patterns: list[str], command: str) -> None:
 
 def results_parser(doc: str, metavar: str):
     """The arguments experiments/table.py and sweep.py share: runs to read, where to write, W&B, unfinished runs."""
-    from pathlib import Path
-
     p = Parser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("runs", nargs="+", metavar=metavar, help="run directories or sweep folders holding them")
     p.add_argument("--out", type=out_folder, required=True, help="output folder")

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from textinv.cli import Parser, bounded_int, exit_on_user_error, out_folder
+from textinv.cli import Parser, bounded_int, check_writable_folder, exit_on_user_error, out_folder
 from textinv.errors import UserError
 from textinv.toyworld import TOYWORLD_WEIGHTS
 from textinv.toyworld.world import BACKGROUNDS, COLORS, SHAPES, SIZES, STYLES
@@ -49,19 +49,12 @@ def check_draw_out(out: Path) -> None:
     """draw writes 00.png, 01.png, ... and a record of them: only into a new or empty folder, or one it drew
     before (its record names its files); never among the user's own pictures, never over a file."""
     import json
-    import os
 
     from textinv.data.images import DRAWN_RECORD
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is an existing file, not a folder; give a new or empty folder")
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"--out {out}: {probe} is a file, not a folder; give a new or empty folder")
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"--out {out}: {probe} is not writable; choose a writable folder")
+    check_writable_folder(out, f"--out {out}", "is a file, not a folder; give a new or empty folder")
     if not out.is_dir():
         return
     drawn: set[str] = set()
