@@ -139,7 +139,7 @@ def _micro(work: Path, out: Path, minutes: float | None) -> int:
     from textinv.toyworld.pretrain import Recipe, pretrain
 
     recipe = Recipe(num_scenes=48, vae_steps=2, vae_batch=4, t2i_steps=2, t2i_batch=4, clip_steps=2, clip_batch=8,
-                    cls_steps=2, cls_batch=4, report_images=2)
+                    cls_steps=2, cls_batch=4, report_images=2, report_drawings=8)
     try:
         pretrain(work, out, recipe, minutes)
     except SystemExit as stop:

@@ -55,6 +55,7 @@ class Recipe:
     cls_batch: int = 64
     cls_lr: float = 2e-3
     report_images: int = 96  # held-out captions generated for report.json
+    report_drawings: int = 512  # held-out drawings the classifier reads for report.json (also as VAE round trips)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -77,8 +78,11 @@ def rendered_set(work: Path, recipe: Recipe) -> torch.Tensor:
         return torch.from_numpy(np.load(path))
     log.info("rendering %d scenes", recipe.num_scenes)
     chunks = [(recipe.seed, lo, min(lo + 2000, recipe.num_scenes)) for lo in range(0, recipe.num_scenes, 2000)]
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        images = np.concatenate(pool.map(_render_range, chunks))
+    if len(chunks) == 1:  # a small set: starting two interpreters would cost more than drawing it here
+        images = _render_range(chunks[0])
+    else:
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            images = np.concatenate(pool.map(_render_range, chunks))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, images)
@@ -246,7 +250,8 @@ def pretrain(work: Path, out: Path, recipe: Recipe, minutes: float | None = None
 
     work.mkdir(parents=True, exist_ok=True)
     recipe_file = work / "recipe.json"
-    if recipe_file.is_file() and json.loads(recipe_file.read_text()) != asdict(recipe):
+    # a key added to Recipe later reads as its default in an older work folder (the value that folder was made with)
+    if recipe_file.is_file() and {**asdict(Recipe()), **json.loads(recipe_file.read_text())} != asdict(recipe):
         raise SystemExit(f"error: {work} holds a run of another recipe ({recipe_file}); use a new --work folder")
     atomic_write_text(recipe_file, json.dumps(asdict(recipe), indent=2))
     deadline = time.time() + 60 * minutes if minutes else float("inf")

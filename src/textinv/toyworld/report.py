@@ -87,6 +87,6 @@ def clip_zero_shot(out: Path, drawn, scenes) -> dict:
 def world_report(out: Path, recipe) -> dict:
 
     classifier = load_classifier(out / "classifier")
-    cls, drawn, scenes = classifier_accuracy(out, classifier, recipe.seed)
+    cls, drawn, scenes = classifier_accuracy(out, classifier, recipe.seed, recipe.report_drawings)
     t2i, _ = text_to_image_accuracy(out, classifier, recipe.seed, recipe.report_images)
     return {"text_to_image": t2i, "classifier": cls, "clip_zero_shot": clip_zero_shot(out, drawn, scenes)}
