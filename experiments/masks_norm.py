@@ -4,9 +4,9 @@
 
 For each run (a baseline row or a trained one, drawn concept): reconstruction and editability (final full
 protocol), the reconstruction prompt's images read by the toy classifier (shape, colour, rendering, and the
-background: the share on each of the concept's training backgrounds, together "train bg"), and the learned
+background: the share on each background, the concept's training ones first and together "train bg"), and the learned
 vector's final norm with the vocabulary's median (run.json). Trained runs are grouped by their options
-(data.masked, method.norm_rescale, method.init_pull): mean and sample std over their seeds. `--images N`
+(data.masked with data.mask.floor, method.norm_rescale, method.init_pull): mean and sample std over their seeds. `--images N`
 reads only the first N images of each prompt (same seeds as a run evaluated with fewer).
 """
 
@@ -38,7 +38,9 @@ def classify_run(run: Path, classifier, images: int | None) -> dict:
     for key in ("shape", "color", "style"):
         if isinstance(draw.get(key), str):
             out[f"{key}={draw[key]}"] = sum(p == draw[key] for p in pred[key]) / n
-    for bg in backgrounds:
+    from textinv.toyworld.models import HEADS
+
+    for bg in backgrounds + [b for b in HEADS["background"] if b not in backgrounds]:  # training ones first
         out[f"bg={bg}"] = sum(p == bg for p in pred["background"]) / n
     out["train bg"] = sum(p in backgrounds for p in pred["background"]) / n
     return out
@@ -53,7 +55,8 @@ def row_of(run) -> dict:
         summary = json.loads(path.read_text())
     norms = summary.get("norms") or [[None]]
     return {"run": str(run.run_dir), "row": run.row, "seed": run.seed,
-            "masked": bool(data.get("masked", False)) and not run.baseline,
+            "masked": (f"floor {(data.get('mask') or {}).get('floor', 0.1)}"
+                       if data.get("masked", False) and not run.baseline else False),
             "norm_rescale": bool(method.get("norm_rescale", False)) and not run.baseline,
             "init_pull": float(method.get("init_pull", 0.0) or 0.0) if not run.baseline else 0.0,
             "reconstruction": run.value("reconstruction"), "editability": run.value("editability"),
@@ -80,7 +83,7 @@ def main(argv=None) -> list[dict]:
     metrics = [k for k in rows[0] if k not in ("run", "row", "seed", "masked", "norm_rescale", "init_pull")] if rows else []
     lines = ["| row | masked | norm_rescale | init_pull | seeds | " + " | ".join(metrics) + " |",
              "|---" * (5 + len(metrics)) + "|"]
-    for (row, masked, rescale, pull), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "SD", kv[0][1:])):
+    for (row, masked, rescale, pull), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "SD", str(kv[0][1:]))):
         cells = []
         for m in metrics:
             vals = [r[m] for r in rs if isinstance(r.get(m), (int, float))]
