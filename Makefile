@@ -34,23 +34,21 @@ demo: install
 	@echo "  figures/compare/grid.png, figures/steps/steps.png  SD vs SD + TI, and the concept across steps"
 	@echo "(toy-world numbers: the miniature world's CLIP scores them; they are not comparable with real SD's)"
 
-# Textual inversion vs a hypernetwork on one protocol (the miniature world): SD, SD + TI and SD + HN on a style
-# (toy_dots) and an object (toy_heart), same steps, prompts, seeds and scorer; then the three-row table and, per
-# concept, the three rows' images side by side.
-COMPARE_DIR ?= outputs/compare/$(shell date +%Y-%m-%d_%H-%M-%S)
-HN_LR ?= 1e-4
+# Textual inversion vs a hypernetwork on one protocol (the miniature world): the SD, SD + TI and SD + HN rows of a style
+# (toy_dots) and an object (toy_heart) over seeds 0-2 (sweeps/method.yaml: same steps, prompts, evaluation seeds and
+# scorer); then the table over both concepts, one per concept, and per concept the three rows' images side by side.
+# Resumable: run it again to skip finished points. Fewer points: make compare ARGS="seed=0 concept=toy_dots"
+COMPARE_DIR ?= outputs/compare
 
 compare: install
+	$(PY) train.py experiment=toyworld sweep=method hydra.sweep.dir=$(COMPARE_DIR)/runs $(ARGS)
+	$(PY) experiments/table.py $(COMPARE_DIR)/runs --out $(COMPARE_DIR)/table
 	for c in toy_dots toy_heart; do \
-	  $(PY) train.py experiment=toyworld concept=$$c baseline=true hydra.run.dir=$(COMPARE_DIR)/$$c/sd || exit 1; \
-	  $(PY) train.py experiment=toyworld concept=$$c hydra.run.dir=$(COMPARE_DIR)/$$c/ti || exit 1; \
-	  $(PY) train.py experiment=toyworld concept=$$c method=hypernetwork lr=$(HN_LR) \
-	    hydra.run.dir=$(COMPARE_DIR)/$$c/hn || exit 1; \
-	done
-	$(PY) experiments/table.py $(COMPARE_DIR) --out $(COMPARE_DIR)/table
-	for c in toy_dots toy_heart; do \
-	  $(PY) experiments/figures.py compare --baseline $(COMPARE_DIR)/$$c/sd --ti $(COMPARE_DIR)/$$c/ti \
-	    $(COMPARE_DIR)/$$c/hn --out $(COMPARE_DIR)/figures/$$c || exit 1; \
+	  ls -d $(COMPARE_DIR)/runs/concept=$$c,* >/dev/null 2>&1 || continue; \
+	  $(PY) experiments/table.py $(COMPARE_DIR)/runs/concept=$$c,* --out $(COMPARE_DIR)/table_$$c || exit 1; \
+	  $(PY) experiments/figures.py compare --baseline $(COMPARE_DIR)/runs/concept=$$c,row=sd,seed=0 \
+	    --ti $(COMPARE_DIR)/runs/concept=$$c,row=ti,seed=0 $(COMPARE_DIR)/runs/concept=$$c,row=hn,seed=0 \
+	    --out $(COMPARE_DIR)/figures/$$c || exit 1; \
 	done
 
 # Retrain the miniature world from scratch (about 90 minutes on 2 CPU cores; resumable: run it again to go on,

@@ -69,11 +69,55 @@ SMALL_CLIP = ("+eval.clip._target_=textinv.toyworld.plugins.WorldClip", "eval.cl
               "eval.clip.weights=null")
 
 
+_ZYGOTE = None
+
+
+def script_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+
+
+def _zygote(env: dict[str, str]):
+    """The worker's warm interpreter (tests/warm_python.py), or None where a fresh one is needed."""
+    global _ZYGOTE
+    if os.environ.get("TEXTINV_TEST_FRESH") == "1":
+        return None
+    if _ZYGOTE is None:
+        from warm_python import Zygote
+
+        _ZYGOTE = Zygote(script_env())
+    return _ZYGOTE if _ZYGOTE.can_run(env) else None
+
+
+def _argv(script: str, args) -> list[str]:
+    """`script` is a file relative to the project root, or "-m module"."""
+    head = ["-m", script[3:]] if script.startswith("-m ") else [str(ROOT / script)]
+    return [sys.executable, *head, *map(str, args)]
+
+
 def run_script(script: str, *args: str, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    env.update(kw.pop("env", {}))
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=kw.pop("cwd", ROOT), env=env,
-                          capture_output=True, text=True, timeout=timeout, **kw)
+    """`python <script> args` (or `python -m module args`: script="-m module") in its own process: stdout, stderr,
+    exit code. Forked from a warm interpreter where the environment allows (tests/warm_python.py)."""
+    env = {**script_env(), **kw.pop("env", {})}
+    cwd = kw.pop("cwd", ROOT)
+    zygote = None if kw else _zygote(env)
+    if zygote is not None:
+        return zygote.run(_argv(script, args), env, cwd, timeout)
+    return subprocess.run(_argv(script, args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def start_script(script: str, *args: str, capture: bool = True, env: dict[str, str] | None = None):
+    """Like run_script, without waiting: a Popen-like process (pid, send_signal, wait, communicate -> text)."""
+    env = {**script_env(), **(env or {})}
+    zygote = _zygote(env)
+    if zygote is not None:
+        return zygote.start(_argv(script, args), env, ROOT, capture)
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(_argv(script, args), cwd=ROOT, env=env, stdout=pipe, stderr=pipe, text=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _ZYGOTE is not None:
+        _ZYGOTE.close()
 
 
 def load_script(name: str):

@@ -6,8 +6,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import start_script
 from textinv.errors import UserError
 from textinv.methods.textual_inversion.formats import save_a1111, save_diffusers
 from textinv.models.frozen_sd import ModelSource
@@ -194,10 +193,8 @@ def test_quote_text_overrides():
         "num_images=2", "prompt='already quoted'"]
 
 
-def _script(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "generate.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _script(*args: str):
+    return start_script("generate.py", *args, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_generate_script_writes_pngs_and_missing_file_exits_2(tmp_path):

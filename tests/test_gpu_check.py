@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import run_script
 
 
 @pytest.mark.timeout(1800)
@@ -19,9 +16,8 @@ def test_gpu_check_runs_on_the_cpu_with_tiny_models_and_says_so(tmp_path):
     out = tmp_path / "gpu-check.json"
     # --no-compile: the compile=true part is the bench's train_compiled (tests/test_speed.py checks compile=true);
     # dynamo tracing the tiny UNet took minutes on a loaded 2-core machine
-    proc = subprocess.run([sys.executable, "-m", "textinv.bench.gpu_check", "--steps", "2", "--sweeps", "seed",
-                           "--no-compile", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1700,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"})
+    proc = run_script("-m textinv.bench.gpu_check", "--steps", "2", "--sweeps", "seed", "--no-compile", "--json", out,
+                      timeout=1700)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
     assert "NO GPU here" in text and "NOT GPU figures" in text and "NOT GPU-hours" in text

@@ -218,24 +218,20 @@ def test_widths_from_the_config_alone_match_the_built_unet(tiny_frozen):
 
 
 def test_convert_command_moves_a_hypernetwork_between_layouts_bitwise(tmp_path):
-    import subprocess
-    import sys
+    from conftest import run_script
 
     net = trained_like(HypernetworkSpec(activation="relu"))
     pt = save_a1111_hypernetwork(tmp_path / "style.pt", net, "style", step=3)
     out = tmp_path / "copy.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "textinv", "convert", str(pt), str(out)], capture_output=True,
-                          text=True)
+    proc = run_script("-m textinv", "convert", pt, out)
     assert proc.returncode == 0, proc.stderr
     back = tmp_path / "back.pt"
-    proc = subprocess.run([sys.executable, "-m", "textinv", "convert", str(out), str(back)], capture_output=True,
-                          text=True)
+    proc = run_script("-m textinv", "convert", out, back)
     assert proc.returncode == 0, proc.stderr
     a1111_safe_check(back)
     for path in (out, back):
         loaded = read_hypernetwork(path)
         assert loaded.name == "style" and loaded.step == 3 and loaded.hypernetwork.spec == net.spec
         assert all(torch.equal(a, b) for a, b in zip(loaded.hypernetwork.parameters(), net.parameters()))
-    bad = subprocess.run([sys.executable, "-m", "textinv", "convert", str(pt), str(tmp_path / "x.bin")],
-                         capture_output=True, text=True)
+    bad = run_script("-m textinv", "convert", pt, tmp_path / "x.bin")
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and bad.stderr.count("\n") == 1

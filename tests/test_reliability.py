@@ -3,8 +3,6 @@
 import errno
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, compose, embedding, run_script, tiny_overrides
+from conftest import compose, embedding, run_script, start_script, tiny_overrides
 from textinv.utils.atomic import atomic_write
 from textinv.cli import exit_on_user_error
 from textinv.data.datamodule import Concept, ConceptDataModule
@@ -25,9 +23,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, demo_images, reference_r
     run_dir = tmp_path / "term"
     args = [o for o in tiny_overrides(run_dir, demo_images) if not o.startswith("callbacks.model_checkpoint")]
     args += [f"hydra.run.dir={run_dir}", "callbacks.model_checkpoint.every_n_train_steps=100"]  # only the signal saves
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_script("train.py", *args)
     deadline = time.time() + 120
     while not (run_dir / "snapshots/diffusers/learned_embeds-step000002.safetensors").exists() and time.time() < deadline:
         time.sleep(0.02)

@@ -2,11 +2,8 @@
 
 import csv
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,7 +11,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from conftest import ROOT, SMALL_CLIP, compose, embedding, run_script, tiny_overrides
+from conftest import SMALL_CLIP, compose, embedding, run_script, start_script, tiny_overrides
 from textinv.training.job import train
 
 
@@ -86,9 +83,7 @@ def test_frozen_weights_bitwise_unchanged_and_optimizer_holds_only_vectors(tmp_p
 def test_sigkill_and_rerun_same_command_gives_identical_embedding(tmp_path, demo_images, reference_run):
     run_dir = tmp_path / "killed"
     args = [*tiny_overrides(run_dir, demo_images)[1:], "experiment=tiny", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_script("train.py", *args, capture=False)
     deadline = time.time() + 120
     while not (run_dir / "checkpoints/last.ckpt").exists() and time.time() < deadline:
         time.sleep(0.02)
