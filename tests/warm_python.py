@@ -75,7 +75,9 @@ def child(req):
     except BaseException:
         traceback.print_exc()
         code = 1
-    try:
+    try:  # as the interpreter ends: threading's exit hooks and non-daemon threads first (pool managers), then atexit
+        import threading
+        threading._shutdown()
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
