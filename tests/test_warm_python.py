@@ -15,7 +15,7 @@ from conftest import run_script, start_script
 SCRIPT = """
 import os, sys
 print("argv", sys.argv[1:], "cwd", os.getcwd(), "name", __name__)
-print("env", os.environ.get("TEXTINV_PROBE"), file=sys.stderr)
+print("env", os.environ.get("WANDB_SILENT"), file=sys.stderr)
 print("warm", "torch" in sys.modules, file=sys.stderr)  # a fresh interpreter has not imported torch yet
 if sys.argv[1:] == ["sleep"]:
     import time
@@ -36,11 +36,12 @@ def script(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("TEXTINV_TEST_FRESH") == "1", reason="TEXTINV_TEST_FRESH=1: no warm interpreter")
 def test_a_warm_child_reports_like_a_fresh_process(script, monkeypatch):
-    monkeypatch.setenv("TEXTINV_PROBE", "x")  # not an import-time variable: the warm interpreter serves it
+    env = {"WANDB_SILENT": "x"}  # read when wandb loads, after the fork: the warm interpreter may change it
     results = {}
     for fresh in (False, True):
         monkeypatch.setenv("TEXTINV_TEST_FRESH", "1" if fresh else "0")
-        results[fresh] = [run_script(str(script), *args, cwd=script.parent) for args in (["3"], ["a b"], ["boom"])]
+        results[fresh] = [run_script(str(script), *args, cwd=script.parent, env=env)
+                          for args in (["3"], ["a b"], ["boom"])]
     assert conftest._ZYGOTE is not None and conftest._ZYGOTE.proc.poll() is None
     for warm, fresh in zip(results[False], results[True]):
         assert (warm.returncode, warm.stdout) == (fresh.returncode, fresh.stdout)
