@@ -76,6 +76,9 @@ def script_env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
 
 
+_SESSION_ENV = script_env()
+
+
 def _zygote(env: dict[str, str]):
     """The worker's warm interpreter (tests/warm_python.py), or None where a fresh one is needed."""
     global _ZYGOTE
@@ -84,7 +87,7 @@ def _zygote(env: dict[str, str]):
     if _ZYGOTE is None:
         from warm_python import Zygote
 
-        _ZYGOTE = Zygote(script_env())
+        _ZYGOTE = Zygote(_SESSION_ENV)  # the session's environment, not that of the test that happens to start it
     return _ZYGOTE if _ZYGOTE.can_run(env) else None
 
 

@@ -23,14 +23,18 @@ import tempfile
 import threading
 from pathlib import Path
 
-# Variables read after import (per call) by the code under test: a child may change them. Any other difference
-# from the zygote's environment means a fresh interpreter.
-LATE_READ_ENV = ("WANDB_MODE", "WANDB_SILENT", "WANDB_DIR", "PYTHONUNBUFFERED", "COLUMNS", "LINES", "PYTEST_CURRENT_TEST")
+# Variables read after import (per call) by the code under test, or by the test harness only: a child may change
+# them. Lightning, tokenizers and inductor set some of them in the worker itself during in-process runs
+# (PL_GLOBAL_SEED, TOKENIZERS_PARALLELISM, TORCHINDUCTOR_CACHE_DIR, ...). Any other difference from the zygote's
+# environment means a fresh interpreter.
+LATE_READ_ENV = ("WANDB_", "PYTHONUNBUFFERED", "COLUMNS", "LINES", "PYTEST_", "TEXTINV_TEST_", "PL_GLOBAL_SEED",
+                 "PL_SEED_WORKERS", "TOKENIZERS_PARALLELISM", "TORCHINDUCTOR_CACHE_DIR",
+                 "PYTORCH_NVML_BASED_CUDA_CHECK")  # prefixes
 
 PRELOAD = ("torch", "lightning", "diffusers", "transformers", "hydra", "open_clip", "textinv.training.job",
            "textinv.models.generation")
 
-_ZYGOTE = r"""
+_ZYGOTE_SOURCE = r"""
 import atexit, importlib, io, json, os, runpy, select, signal, sys, traceback
 for name in json.loads(sys.argv[1]):
     importlib.import_module(name)
@@ -160,7 +164,7 @@ class Zygote:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = dict(env)
-        self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE, json.dumps(PRELOAD)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE_SOURCE, json.dumps(PRELOAD)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=self.env, cwd=Path(__file__).parents[1])
         self.codes: dict[int, int] = {}
         self._pids: dict[int, int] = {}
@@ -185,7 +189,7 @@ class Zygote:
     def can_run(self, env: dict[str, str]) -> bool:
         if self.proc.poll() is not None:
             return False
-        keys = (set(env) | set(self.env)) - set(LATE_READ_ENV)
+        keys = {k for k in set(env) | set(self.env) if not k.startswith(LATE_READ_ENV)}
         return all(env.get(k) == self.env.get(k) for k in keys)
 
     def start(self, argv: list[str], env: dict[str, str], cwd: str | Path, capture: bool = True) -> WarmProcess:

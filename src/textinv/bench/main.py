@@ -508,7 +508,8 @@ def main(argv: list[str] | None = None) -> None:
         p = statistics.median(results["peer"]["seconds"])
         report.update(peer_s_per_step=round(p, 3), peer_peak_gb=round(results["peer"]["peak_memory_gb"], 2),
                       peer_script=results["peer"]["script"])
-        print(f"  diffusers' {Path(results['peer']['script']).name}:  {p:.3f} s/step, peak {report['peer_peak_gb']} GiB "
+        peer_name = Path(results["peer"]["script"]).name
+        print(f"  diffusers' {peer_name}:  {p:.3f} s/step, peak {report['peer_peak_gb']} GiB "
               f"({results['peer']['script']})")
         if "train" in results:
             t = statistics.median(results["train"]["seconds"])

@@ -104,8 +104,9 @@ def table1_markdown(rows: Sequence[dict], runs: Sequence[RunResult], warnings: S
             "reconstruction prompt. Editability: CLIP-T, text without the placeholder vs its images, averaged "
             "over the editability prompts. Higher is better for both. FID/KID: reconstruction images vs the "
             "training images; IS: all images. SD = vanilla model with the initializer word; SD + TI = the "
-            "learned token" + ("; SD + HN = a hypernetwork, active on every prompt, so its prompts keep the initializer "
-                               "word" if any(row["label"] == "SD + HN" for row in rows) else "")
+            "learned token"
+            + ("; SD + HN = a hypernetwork, active on every prompt, so its prompts keep the initializer word"
+               if any(row["label"] == "SD + HN" for row in rows) else "")
             + ". Images = generated images scored, summed over runs. The SD row trains nothing: its runs of one "
             "concept score the same images whatever their seed.", "",
             *(["MOS: human overall-quality rating (1 Bad .. 5 Excellent) from a blind rating study of the row's runs: "
