@@ -6,7 +6,7 @@ For each run (a baseline row or a trained one, drawn concept): reconstruction an
 protocol), the reconstruction prompt's images read by the toy classifier (shape, colour, rendering, and the
 background: the share on each background, the concept's training ones first and together "train bg"), and the learned
 vector's final norm with the vocabulary's median (run.json). Trained runs are grouped by their options
-(data.masked with data.mask.floor, method.norm_rescale, method.init_pull): mean and sample std over their seeds. `--images N`
+(data.masked with data.mask.floor and unmasked_probability, method.norm_rescale, method.init_pull): mean and sample std over their seeds. `--images N`
 reads only the first N images of each prompt (same seeds as a run evaluated with fewer).
 """
 
@@ -46,6 +46,14 @@ def classify_run(run: Path, classifier, images: int | None) -> dict:
     return out
 
 
+def mask_label(mask: dict) -> str:
+    """The mask options that set a group apart (defaults as in conf/data/default.yaml)."""
+    label = f"floor {mask.get('floor', 0.1)}"
+    if mask.get("unmasked_probability", 0.0):
+        label += f", unmasked {mask['unmasked_probability']}"
+    return label
+
+
 def row_of(run) -> dict:
     cfg = run.config
     data, method = cfg.get("data") or {}, cfg.get("method") or {}
@@ -55,8 +63,7 @@ def row_of(run) -> dict:
         summary = json.loads(path.read_text())
     norms = summary.get("norms") or [[None]]
     return {"run": str(run.run_dir), "row": run.row, "seed": run.seed,
-            "masked": (f"floor {(data.get('mask') or {}).get('floor', 0.1)}"
-                       if data.get("masked", False) and not run.baseline else False),
+            "masked": (mask_label(data.get("mask") or {}) if data.get("masked", False) and not run.baseline else False),
             "norm_rescale": bool(method.get("norm_rescale", False)) and not run.baseline,
             "init_pull": float(method.get("init_pull", 0.0) or 0.0) if not run.baseline else 0.0,
             "reconstruction": run.value("reconstruction"), "editability": run.value("editability"),

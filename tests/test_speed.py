@@ -107,3 +107,52 @@ def test_a_compiled_run_trains_like_eager_and_reports_compile_time(tmp_path, dem
     log = caplog.text
     assert "compile=true: compile took" in log and ("pays off after micro-step" in log or "never pays off" in log)
     assert "compile" not in json.loads((eager_run / "run.json").read_text())
+
+
+def test_sampling_graphs_fold_only_the_weights_no_method_trains():
+    from textinv.methods.hypernetwork.method import Hypernetwork
+    from textinv.methods.textual_inversion.method import TextualInversion
+    from textinv.models.speed import SpeedSettings, frozen_parts
+
+    inductor = SpeedSettings(True, "inductor")
+    assert frozen_parts(inductor) == ["unet", "text_encoders"]  # the baseline row: nothing trains
+    assert frozen_parts(inductor, TextualInversion.trains_inside) == ["unet"]  # its rows live in the encoders
+    assert frozen_parts(inductor, Hypernetwork.trains_inside) == ["text_encoders"]  # its modules run in the UNet
+    assert frozen_parts(SpeedSettings(True, "inductor", freeze=False)) == []
+    assert frozen_parts(SpeedSettings(True, "aot_eager")) == []  # freezing is inductor's
+    assert compose("experiment=tiny").module.compile_freeze is True
+    with pytest.raises(UserError, match="module.compile_freeze='no' must be true or false"):
+        check_value("module.compile_freeze", "no")
+
+
+@pytest.mark.slow  # inductor compiles the tiny UNet's and text encoder's sampling graphs (minutes on a CPU)
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("method_name", ["textual_inversion", "hypernetwork"])
+def test_compiled_sampling_follows_the_trained_state(method_name):
+    """A sampling graph compiled before a training step must not keep the trained tensors of its first call."""
+    from hydra.utils import instantiate
+
+    from textinv.models.frozen_sd import ModelSource
+    from textinv.models.generation import ImageGenerator
+    from textinv.models.speed import SpeedSettings, apply_speed
+
+    def images(backend):
+        frozen = ModelSource("tiny").load()
+        method = instantiate(compose("experiment=tiny", f"method={method_name}").method, _convert_="all")(
+            word="<demo-toy>", initializer="toy")
+        method.attach(frozen)
+        apply_speed(frozen, SpeedSettings(backend is not None, backend or "inductor"), method.trains_inside)
+        gen = ImageGenerator.from_frozen(frozen, scheduler="ddim")
+        method.use_in(gen)
+        sample = lambda: np.stack(gen.generate(["a photo of a <demo-toy>"], 1, seed=3, steps=2, output_type="np")[0])
+        before = sample()
+        with torch.no_grad():  # a training step's worth of change in every trained tensor
+            for p in method.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+        return before, sample()
+
+    eager_before, eager_after = images(None)
+    assert np.abs(eager_after - eager_before).max() > 1e-2  # the change shows in eager sampling
+    compiled_before, compiled_after = images("inductor")
+    assert np.abs(compiled_before - eager_before).max() <= 1e-4
+    assert np.abs(compiled_after - eager_after).max() <= 1e-4

@@ -102,6 +102,7 @@ TRAIN_RULES: dict[str, tuple[Any, str]] = {
     "module.compile_mode": (Union[Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                                   None], "is unknown; use null, default, reduce-overhead, max-autotune or "
                                          "max-autotune-no-cudagraphs"),
+    "module.compile_freeze": (Bool, "true or false (sampling graphs with the frozen weights as constants)"),
     "module.frozen_dtype": (Literal["auto", "fp32", "fp16", "bf16"], "auto, fp32, fp16 or bf16"),
     "module.optim.weight_decay": (Num(ge=0, le=1), "a number from 0 to 1"),
     "module.optim.betas": (tuple[Num(ge=0, lt=1), Num(ge=0, lt=1)], "two numbers in [0, 1), e.g. [0.9,0.999]"),

@@ -94,7 +94,7 @@ class Masking:
     outside it, at latent resolution; a share of samples trains unmasked; each image's loss is its weighted mean
     (`normalize`) or a plain mean, in which an image's loss shrinks with its mask's area."""
 
-    floor: float = 0.1  # weight outside the mask (OneTrainer's unmasked_weight default)
+    floor: float = 0.25  # weight outside the mask (measured in the miniature world: README, Masks)
     unmasked_probability: float = 0.0  # share of samples trained on the whole image
     normalize: bool = True  # divide each image's weighted loss by its weight sum (mask area)
 

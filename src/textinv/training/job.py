@@ -197,7 +197,7 @@ def baseline_signals(run_dir: Path):
 def speed_settings(cfg: DictConfig) -> SpeedSettings:
     module = cfg.get("module") or {}
     return SpeedSettings(bool(cfg.get("compile", False)), module.get("compile_backend", "inductor"),
-                         module.get("compile_mode"))
+                         module.get("compile_mode"), bool(module.get("compile_freeze", True)))
 
 
 def world_size(trainer_cfg) -> int:

@@ -64,7 +64,7 @@ class ConceptModule(L.LightningModule):
 
     def __init__(self, frozen: FrozenSD, method: Method, optim: OptimConfig, seed: int = 0,
                  frozen_dtype: str = "auto", compile: bool = False, compile_backend: str = "inductor",
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, compile_freeze: bool = True):
         super().__init__()
         self.family = frozen.family
         method.attach(frozen)
@@ -77,7 +77,7 @@ class ConceptModule(L.LightningModule):
         self.size_conditioning: torch.Tensor | None = None  # [N, 6] per training image (SDXL's time_ids)
         self.optim, self.seed, self.frozen_dtype = optim, seed, frozen_dtype
         # compile=true (textinv.models.speed): applied at fit start, after the frozen weights are cast and moved
-        self.speed = SpeedSettings(bool(compile), compile_backend, compile_mode)
+        self.speed = SpeedSettings(bool(compile), compile_backend, compile_mode, bool(compile_freeze))
         self.compile_report: dict | None = None
         self.model_name = frozen.name
         self.latent_mean: torch.Tensor | None = None  # [N, 2 (plain, flipped), C, h, w]
@@ -133,7 +133,7 @@ class ConceptModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._cast_frozen()
-        apply_speed(self.frozen, self.speed)
+        apply_speed(self.frozen, self.speed, self.method.trains_inside)
         dm = self.trainer.datamodule
         if dm is not None and getattr(dm, "masked", False):
             self.masking = dm.masking

@@ -28,6 +28,7 @@ class Hypernetwork(Method):
     `activate_output`, `weight_init`) and `widths`: `auto` (every attention input width of the model) or a list."""
 
     name, row_label, log_tag = "hypernetwork", HN_ROW, "hn"
+    trains_inside = frozenset({"unet"})  # its modules run inside the UNet's attentions
 
     def __init__(self, word: str, initializer: str | None, seed: int = 0, layer_structure: Sequence[float] = (1, 2, 1),
                  activation: str = "linear", layer_norm: bool = False, use_dropout: bool = False,

@@ -33,6 +33,7 @@ class TextualInversion(Method):
     original work's embedding regularisation). With two text encoders each encoder's columns count apart."""
 
     name, row_label, log_tag = "textual_inversion", TI_ROW, "ti"
+    trains_inside = frozenset({"text_encoders"})  # the word's rows live in the encoders' embedding tables
 
     def __init__(self, word: str, initializer: str | None, seed: int = 0, num_vectors: int = 1,
                  init_method: str = "word", norm_rescale: bool = False, init_pull: float = 0.0):
