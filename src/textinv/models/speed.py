@@ -75,9 +75,21 @@ def channels_last(frozen) -> None:
 def _compile_forward(module, backend: str, mode: str | None, freeze: bool = False) -> None:
     if getattr(module, "_textinv_compiled", False):
         return
-    # inductor applies `freezing` only to graphs compiled with gradients off: training graphs stay as they are
-    options = {"freezing": True} if freeze else None
-    module.forward = torch.compile(module.forward, backend=backend, mode=mode, dynamic=False, options=options)
+    compiled = torch.compile(module.forward, backend=backend, mode=mode, dynamic=False)
+    if backend == "inductor":
+        import torch._inductor.config as inductor_config
+
+        def forward(*args, **kwargs):
+            # Inductor reads `freezing` as it compiles, lazily inside this call, and applies it only to graphs
+            # compiled with gradients off (training graphs stay as they are). Set per call and per module: the
+            # setting is process-wide, and torch.compile(options={"freezing": ...}) does not reach that check
+            # (tests/test_speed.py: an untrained module's sampling follows its weights).
+            with inductor_config.patch(freezing=freeze):
+                return compiled(*args, **kwargs)
+
+        module.forward = forward
+    else:
+        module.forward = compiled
     module._textinv_compiled = True
 
 
