@@ -115,9 +115,9 @@ def test_sampling_graphs_fold_only_the_weights_no_method_trains():
     from textinv.models.speed import SpeedSettings, frozen_parts
 
     inductor = SpeedSettings(True, "inductor")
-    assert frozen_parts(inductor) == ["unet", "text_encoders"]  # the baseline row: nothing trains
-    assert frozen_parts(inductor, TextualInversion.trains_inside) == ["unet"]  # its rows live in the encoders
-    assert frozen_parts(inductor, Hypernetwork.trains_inside) == ["text_encoders"]  # its modules run in the UNet
+    assert frozen_parts(inductor) == ["unet", "text_encoders", "vae"]  # the baseline row: nothing trains
+    assert frozen_parts(inductor, TextualInversion.trains_inside) == ["unet", "vae"]  # its rows live in the encoders
+    assert frozen_parts(inductor, Hypernetwork.trains_inside) == ["text_encoders", "vae"]  # its modules run in the UNet
     assert frozen_parts(SpeedSettings(True, "inductor", freeze=False)) == []
     assert frozen_parts(SpeedSettings(True, "aot_eager")) == []  # freezing is inductor's
     assert compose("experiment=tiny").module.compile_freeze is True

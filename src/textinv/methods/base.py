@@ -41,7 +41,7 @@ class Method(nn.Module):
     name: str  # its `conf/method/` choice, recorded in the run identity ("textual_inversion")
     row_label: str  # the results table's row of runs trained by this method ("SD + TI")
     log_tag: str  # the loggers' name for its evaluation grids and tables ("ti": eval/ti_grid)
-    # the frozen parts ("unet", "text_encoders") whose forward holds trained tensors once attached: compile=true
+    # the frozen parts ("unet", "text_encoders", "vae") whose forward holds trained tensors once attached: compile=true
     # must not fold their weights into constants (textinv.models.speed)
     trains_inside: frozenset[str] = frozenset()
 

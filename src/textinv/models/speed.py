@@ -5,7 +5,7 @@ Three things, applied in place to a loaded FrozenSD (training, its evaluations, 
   FlashAttention / memory-efficient kernels on CUDA in half precision, the fused CPU kernel otherwise) and the
   text encoders on transformers' `sdpa` implementation.
 - **Channels-last** memory layout of the UNet's and VAE's convolution weights (cuDNN and oneDNN pick NHWC kernels).
-- **torch.compile** of the frozen UNet's and text encoders' `forward` (hooks of the modules themselves stay
+- **torch.compile** of the frozen UNet's and text encoders' `forward` and the VAE's `decode` (hooks of the modules themselves stay
   outside the compiled region: the cost meter's UNet counter keeps counting; hooks inside, e.g. a hypernetwork's,
   are traced). `dynamic=False`: one specialised graph per input shape (a training batch, an evaluation batch,
   the validation-loss chunk); the compile happens lazily, at the first call of each shape.
@@ -72,10 +72,11 @@ def channels_last(frozen) -> None:
             module.to(memory_format=torch.channels_last)
 
 
-def _compile_forward(module, backend: str, mode: str | None, freeze: bool = False) -> None:
-    if getattr(module, "_textinv_compiled", False):
+def _compile_method(module, backend: str, mode: str | None, freeze: bool = False, name: str = "forward") -> None:
+    flag = f"_textinv_compiled_{name}"
+    if getattr(module, flag, False):
         return
-    compiled = torch.compile(module.forward, backend=backend, mode=mode, dynamic=False)
+    compiled = torch.compile(getattr(module, name), backend=backend, mode=mode, dynamic=False)
     if backend == "inductor":
         import torch._inductor.config as inductor_config
 
@@ -87,18 +88,18 @@ def _compile_forward(module, backend: str, mode: str | None, freeze: bool = Fals
             with inductor_config.patch(freezing=freeze):
                 return compiled(*args, **kwargs)
 
-        module.forward = forward
+        setattr(module, name, forward)
     else:
-        module.forward = compiled
-    module._textinv_compiled = True
+        setattr(module, name, compiled)
+    setattr(module, flag, True)
 
 
 def frozen_parts(settings: SpeedSettings, trains_inside: frozenset[str] = frozenset()) -> list[str]:
     """The compiled parts whose sampling graphs may hold their weights as constants: those the method does not
-    train inside ("unet", "text_encoders"), with the inductor backend and `settings.freeze`."""
+    train inside ("unet", "text_encoders", "vae"), with the inductor backend and `settings.freeze`."""
     if not (settings.freeze and settings.backend == "inductor"):
         return []
-    return [part for part in ("unet", "text_encoders") if part not in trains_inside]
+    return [part for part in ("unet", "text_encoders", "vae") if part not in trains_inside]
 
 
 def apply_speed(frozen, settings: SpeedSettings, trains_inside: frozenset[str] = frozenset()) -> SpeedSettings:
@@ -119,10 +120,12 @@ def apply_speed(frozen, settings: SpeedSettings, trains_inside: frozenset[str] =
     channels_last(frozen)
     settings.applied.append("channels_last")
     constant = frozen_parts(settings, trains_inside)
-    _compile_forward(frozen.unet, settings.backend, settings.mode, "unet" in constant)
+    _compile_method(frozen.unet, settings.backend, settings.mode, "unet" in constant)
     for encoder in frozen.text_encoders:
-        _compile_forward(encoder, settings.backend, settings.mode, "text_encoders" in constant)
-    settings.applied.append(f"torch.compile(unet, text encoders; backend={settings.backend}, "
+        _compile_method(encoder, settings.backend, settings.mode, "text_encoders" in constant)
+    if frozen.vae is not None:  # its decoder: every evaluation image (the encoder runs once, for the latent cache)
+        _compile_method(frozen.vae, settings.backend, settings.mode, "vae" in constant, name="decode")
+    settings.applied.append(f"torch.compile(unet, text encoders, VAE decoder; backend={settings.backend}, "
                             f"mode={settings.mode or 'default'})")
     if constant:
         settings.applied.append(f"sampling graphs with constant weights: {', '.join(constant)}")
