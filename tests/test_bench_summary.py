@@ -36,3 +36,26 @@ def test_a_generation_report_of_batched_calls_only_has_no_single_figures():
     assert rep["gen_batched_s_per_image"] == 5.0 and rep["gen_batched_s_per_image_step"] == 0.8
     assert rep["gen_batched_images_per_s_at_50_steps"] == pytest.approx(1 / 41, abs=1e-4)
     assert "gen_single_s_per_image" not in rep and "gen_speedup" not in rep
+
+
+def test_each_part_process_gets_every_option_that_shapes_it(monkeypatch):
+    """run_part starts `python -m textinv.bench --part P ...`: options left off would run a different part."""
+    import subprocess
+
+    from textinv.bench import main as bench
+
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen["cmd"] = cmd
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"seconds": [1.0]}\n', stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    args = SimpleNamespace(model="sd15_arch", resolution=256, steps=4, device="cpu", gen_steps=5, gen_images=2,
+                           gen_batch=2, compile_backend="inductor", gen_modes="batched", precision="bf16-mixed",
+                           gen_dtype="bfloat16", peer_script=None)
+    assert bench.run_part("generate", args) == {"seconds": [1.0]}
+    cmd = seen["cmd"]
+    for flag, value in (("--part", "generate"), ("--gen-modes", "batched"), ("--precision", "bf16-mixed"),
+                        ("--gen-dtype", "bfloat16"), ("--gen-steps", "5"), ("--compile-backend", "inductor")):
+        assert cmd[cmd.index(flag) + 1] == value

@@ -274,7 +274,9 @@ def run_part(part: str, args, save_first: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "textinv.bench", "--part", part, "--model", args.model, "--resolution",
            str(args.resolution), "--steps", str(args.steps), "--device", args.device,
            "--gen-steps", str(args.gen_steps), "--gen-images", str(args.gen_images), "--gen-batch", str(args.gen_batch),
-           "--compile-backend", args.compile_backend]
+           "--compile-backend", args.compile_backend, "--gen-modes", args.gen_modes, "--precision", str(args.precision)]
+    if args.gen_dtype:
+        cmd += ["--gen-dtype", args.gen_dtype]
     if save_first:
         cmd += ["--save-first", save_first]
     if args.peer_script:
