@@ -47,10 +47,12 @@ def classify_run(run: Path, classifier, images: int | None) -> dict:
 
 
 def mask_label(mask: dict) -> str:
-    """The mask options that set a group apart (defaults as in conf/data/default.yaml)."""
-    label = f"floor {mask.get('floor', 0.1)}"
-    if mask.get("unmasked_probability", 0.0):
-        label += f", unmasked {mask['unmasked_probability']}"
+    """The mask options that set a group apart (a key a run's config lacks takes today's default)."""
+    from textinv.data.datamodule import Masking
+
+    label = f"floor {mask.get('floor', Masking.floor)}"
+    if mask.get("unmasked_probability", Masking.unmasked_probability):
+        label += f", unmasked {mask.get('unmasked_probability', Masking.unmasked_probability)}"
     return label
 
 

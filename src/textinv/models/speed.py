@@ -80,7 +80,7 @@ def _compile_method(module, backend: str, mode: str | None, freeze: bool = False
     if backend == "inductor":
         import torch._inductor.config as inductor_config
 
-        def forward(*args, **kwargs):
+        def call(*args, **kwargs):
             # Inductor reads `freezing` as it compiles, lazily inside this call, and applies it only to graphs
             # compiled with gradients off (training graphs stay as they are). Set per call and per module: the
             # setting is process-wide, and torch.compile(options={"freezing": ...}) does not reach that check
@@ -88,18 +88,28 @@ def _compile_method(module, backend: str, mode: str | None, freeze: bool = False
             with inductor_config.patch(freezing=freeze):
                 return compiled(*args, **kwargs)
 
-        setattr(module, name, forward)
+        setattr(module, name, call)
     else:
         setattr(module, name, compiled)
     setattr(module, flag, True)
 
 
+PARTS = ("unet", "text_encoders", "vae")  # what compile=true compiles; `Method.trains_inside` names them too
+
+
+def compiled_methods(frozen) -> dict[str, list[tuple[torch.nn.Module, str]]]:
+    """Per part, the (module, method name) pairs compiled: the VAE's decoder only (every evaluation image; its
+    encoder runs once, for the latent cache)."""
+    return {"unet": [(frozen.unet, "forward")], "text_encoders": [(e, "forward") for e in frozen.text_encoders],
+            "vae": [(frozen.vae, "decode")] if frozen.vae is not None else []}
+
+
 def frozen_parts(settings: SpeedSettings, trains_inside: frozenset[str] = frozenset()) -> list[str]:
     """The compiled parts whose sampling graphs may hold their weights as constants: those the method does not
-    train inside ("unet", "text_encoders", "vae"), with the inductor backend and `settings.freeze`."""
+    train inside, with the inductor backend and `settings.freeze`."""
     if not (settings.freeze and settings.backend == "inductor"):
         return []
-    return [part for part in ("unet", "text_encoders", "vae") if part not in trains_inside]
+    return [part for part in PARTS if part not in trains_inside]
 
 
 def apply_speed(frozen, settings: SpeedSettings, trains_inside: frozenset[str] = frozenset()) -> SpeedSettings:
@@ -120,11 +130,9 @@ def apply_speed(frozen, settings: SpeedSettings, trains_inside: frozenset[str] =
     channels_last(frozen)
     settings.applied.append("channels_last")
     constant = frozen_parts(settings, trains_inside)
-    _compile_method(frozen.unet, settings.backend, settings.mode, "unet" in constant)
-    for encoder in frozen.text_encoders:
-        _compile_method(encoder, settings.backend, settings.mode, "text_encoders" in constant)
-    if frozen.vae is not None:  # its decoder: every evaluation image (the encoder runs once, for the latent cache)
-        _compile_method(frozen.vae, settings.backend, settings.mode, "vae" in constant, name="decode")
+    for part, targets in compiled_methods(frozen).items():
+        for module, name in targets:
+            _compile_method(module, settings.backend, settings.mode, part in constant, name)
     settings.applied.append(f"torch.compile(unet, text encoders, VAE decoder; backend={settings.backend}, "
                             f"mode={settings.mode or 'default'})")
     if constant:
