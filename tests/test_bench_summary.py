@@ -59,3 +59,10 @@ def test_each_part_process_gets_every_option_that_shapes_it(monkeypatch):
     for flag, value in (("--part", "generate"), ("--gen-modes", "batched"), ("--precision", "bf16-mixed"),
                         ("--gen-dtype", "bfloat16"), ("--gen-steps", "5"), ("--compile-backend", "inductor")):
         assert cmd[cmd.index(flag) + 1] == value
+
+
+def test_projections_aim_at_the_full_protocols_sampler_steps():
+    from textinv.bench.main import EVAL_STEPS
+    from textinv.evaluation.evaluator import EvalConfig
+
+    assert EVAL_STEPS == EvalConfig().sampler_steps

@@ -288,6 +288,9 @@ def run_part(part: str, args, save_first: str | None = None) -> dict:
     return json.loads([ln for ln in out.stdout.strip().splitlines() if ln.startswith("{")][-1])
 
 
+EVAL_STEPS = 50  # the full protocol's sampler steps (EvalConfig.sampler_steps): what projections aim at
+
+
 def per_image_costs(g: dict, mode: str = "batched") -> tuple[float, float, float]:
     """A generation part's seconds per image, per image and sampler step, and per VAE decode."""
     per_image = g["seconds"][mode] / g["images"]
@@ -295,7 +298,13 @@ def per_image_costs(g: dict, mode: str = "batched") -> tuple[float, float, float
     return per_image, (per_image - decode) / g["gen_steps"], decode
 
 
-def generation_report(g: dict, eval_steps: int = 50) -> dict:
+def projected_s_per_image(g: dict, steps: int = EVAL_STEPS, mode: str = "batched") -> float:
+    """Seconds per image at `steps` sampler steps: the measured per-step cost scaled, plus one decode."""
+    _, per_step, decode = per_image_costs(g, mode)
+    return per_step * steps + decode
+
+
+def generation_report(g: dict, eval_steps: int = EVAL_STEPS) -> dict:
     """images/s both ways, their ratio, the per-step cost and a projection to the eval default of 50 steps."""
     rep = {"gen_steps": g["gen_steps"], "gen_images": g["images"], "gen_batch": g["gen_batch"],
            "gen_max_pixel_diff": g["max_pixel_diff"]}
@@ -307,7 +316,7 @@ def generation_report(g: dict, eval_steps: int = 50) -> dict:
         rep[f"gen_{mode}_s_per_image"] = round(per_image, 3)
         rep[f"gen_{mode}_s_per_image_step"] = round(per_step, 4)
         rep[f"gen_{mode}_decode_s_per_image"] = round(decode, 3)
-        rep[f"gen_{mode}_images_per_s_at_{eval_steps}_steps"] = round(1 / (per_step * eval_steps + decode), 4)
+        rep[f"gen_{mode}_images_per_s_at_{eval_steps}_steps"] = round(1 / projected_s_per_image(g, eval_steps, mode), 4)
     if "single" not in g["seconds"]:
         return rep
     rep["gen_speedup"] = round(g["seconds"]["single"] / g["seconds"]["batched"], 3)
@@ -413,12 +422,12 @@ def repeat_summary(runs: dict, args, pixel_diffs: list[float]) -> dict:
               f"({eager:.3f} -> {fast:.3f} s/step)")
     gens = {p: [r["warmup_s"] for r in runs[p]] for p in ("generate", "generate_compiled") if p in runs}
     if len(gens) == 2:
-        # at evaluation's 50 steps the sampler's share grows and the decode's shrinks: each part's own costs projected
-        at50 = {p: [costs[1] * 50 + costs[2] for costs in map(per_image_costs, runs[p])] for p in gens}
-        out["gen_compile_speedup_at_50_steps"] = _spread([e / c for e, c in zip(at50["generate"],
-                                                                                at50["generate_compiled"])])
-        print(f"  the same projected to 50 sampler steps (each part's s per image-step x 50 + its decode): "
-              f"{_fmt(out['gen_compile_speedup_at_50_steps'], 'x')}")
+        # at evaluation's steps the sampler's share grows and the decode's shrinks: each part's own costs projected
+        at_eval = {p: [projected_s_per_image(r) for r in runs[p]] for p in gens}
+        key = f"gen_compile_speedup_at_{EVAL_STEPS}_steps"
+        out[key] = _spread([e / c for e, c in zip(at_eval["generate"], at_eval["generate_compiled"])])
+        print(f"  the same projected to {EVAL_STEPS} sampler steps (each part's s per image-step x {EVAL_STEPS} + its "
+              f"decode): {_fmt(out[key], 'x')}")
         extra = [c - e for c, e in zip(gens["generate_compiled"], gens["generate"])]
         out["gen_compile_s"] = _spread(extra, 1)
         print(f"  generation compile time (compiled warm-up minus eager warm-up): {_fmt(out['gen_compile_s'], ' s')}")

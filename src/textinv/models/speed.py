@@ -5,8 +5,8 @@ Three things, applied in place to a loaded FrozenSD (training, its evaluations, 
   FlashAttention / memory-efficient kernels on CUDA in half precision, the fused CPU kernel otherwise) and the
   text encoders on transformers' `sdpa` implementation.
 - **Channels-last** memory layout of the UNet's and VAE's convolution weights (cuDNN and oneDNN pick NHWC kernels).
-- **torch.compile** of the frozen UNet's and text encoders' `forward` and the VAE's `decode` (hooks of the modules themselves stay
-  outside the compiled region: the cost meter's UNet counter keeps counting; hooks inside, e.g. a hypernetwork's,
+- **torch.compile** of the frozen UNet's and text encoders' `forward` and the VAE's `decode` (hooks of the modules
+  themselves stay outside the compiled region: the cost meter's UNet counter keeps counting; hooks inside, e.g. a hypernetwork's,
   are traced). `dynamic=False`: one specialised graph per input shape (a training batch, an evaluation batch,
   the validation-loss chunk); the compile happens lazily, at the first call of each shape.
 - **Frozen weights as constants in sampling graphs** (inductor's `freezing`, only for graphs compiled without
